@@ -1,0 +1,553 @@
+//! The link session: one node's MQTT session with its peer, sans IO.
+//!
+//! It owns what must survive a dropped TCP connection (the QoS 1 publishes
+//! not yet acknowledged, the sequence numbers that make delivery exactly once,
+//! the streams) and, while a connection is up, that connection's state (the
+//! partial packet being received, keepalive timers).
+//!
+//! Methods only change state and append bytes to send; they never touch a
+//! socket or a clock. The IO loop feeds received bytes to
+//! [`Session::handle_input`], calls [`Session::handle_timeout`] when
+//! [`Session::poll_timeout`] says, and writes out [`Session::transmit`].
+//!
+//! Delivery promise: every frame handed to the mux reaches the peer's mux
+//! exactly once and in order, across any number of reconnects, for as long as
+//! the peer keeps the session. If the peer lost it (it restarted), every
+//! stream is reset with [`ResetCode::SessionLost`]: nothing is silently
+//! dropped or replayed into a new session.
+
+use crate::frame::{read_batch, BatchHeader, BatchWriter, ResetCode};
+use crate::mqtt::{self, Connack, Connect, ConnectReturnCode, Packet, Pid, Protocol, QoS, QosPid};
+use crate::mux::{Mux, Side};
+use crate::topic::NodeName;
+use crate::LinkError;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Limits and timings of a session. Every queue and buffer is bounded by one
+/// of these.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Edge: a PINGREQ goes out after this long without receiving or sending;
+    /// the link is declared dead after 1.5 times this without receiving.
+    /// Hub: a link silent for 1.5 times the keepalive the edge announced is
+    /// dropped.
+    pub keepalive: Duration,
+    /// Largest packet accepted from the peer (remaining length, bytes).
+    pub max_packet: usize,
+    /// Largest batch payload this side puts into one PUBLISH.
+    pub max_batch: usize,
+    /// Most QoS 1 publishes sent and not yet acknowledged. When reached, the
+    /// mux keeps its frames and writers wait for credit: back-pressure.
+    pub max_inflight: usize,
+    /// Most streams open at once on this link.
+    pub max_streams: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            keepalive: Duration::from_secs(60),
+            max_packet: 128 * 1024,
+            max_batch: 64 * 1024,
+            max_inflight: 16,
+            max_streams: 4096,
+        }
+    }
+}
+
+/// Something the program should know about the session itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The link is up and carries frames. `resumed` says the peer still had
+    /// our session: unacknowledged publishes were resent.
+    Up { resumed: bool, resent: usize },
+    /// The peer no longer had our session (it restarted): every stream was
+    /// reset and queued frames were dropped.
+    SessionLost,
+    /// The edge subscribed to a topic that is not its own; the subscription
+    /// was refused (hub side).
+    ForeignSubscribe { topic: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Edge: CONNECT sent, waiting for CONNACK.
+    AwaitConnack,
+    /// Frames flow.
+    Up,
+}
+
+/// State of the current TCP connection; gone when it drops.
+#[derive(Debug)]
+struct Conn {
+    phase: Phase,
+    rx: Vec<u8>,
+    last_rx: Instant,
+    last_tx: Instant,
+    /// A PINGREQ is unanswered (edge).
+    ping_pending: bool,
+    /// Silence after which the hub drops the link.
+    idle_limit: Duration,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    pid: u16,
+    packet: Vec<u8>,
+}
+
+/// Senders whose sequence numbers a receiver remembers (a hub and its
+/// restarted self, or several hub replicas behind a broker).
+const MAX_SENDERS: usize = 8;
+
+/// One node's session, on the edge or on the hub.
+#[derive(Debug)]
+pub struct Session {
+    side: Side,
+    node: NodeName,
+    up_topic: String,
+    down_topic: String,
+    cfg: Config,
+    sender: u32,
+    next_seq: u64,
+    /// Highest sequence number seen per sender, most recent sender last.
+    seen: Vec<(u32, u64)>,
+    inflight: VecDeque<InFlight>,
+    next_pid: u16,
+    mux: Mux,
+    conn: Option<Conn>,
+    out: Vec<u8>,
+    events: VecDeque<Event>,
+    /// Edge: a CONNACK was received before, so there is a session to resume.
+    established: bool,
+    resent_total: u64,
+}
+
+impl Session {
+    /// A new session for `node`. `sender` must be random per process start
+    /// (see [`BatchHeader::sender`]).
+    pub fn new(side: Side, node: NodeName, cfg: Config, sender: u32) -> Session {
+        Session {
+            side,
+            up_topic: node.up(),
+            down_topic: node.down(),
+            node,
+            mux: Mux::new(side, cfg.max_streams),
+            cfg,
+            sender,
+            next_seq: 1,
+            seen: Vec::new(),
+            inflight: VecDeque::new(),
+            next_pid: 1,
+            conn: None,
+            out: Vec::new(),
+            events: VecDeque::new(),
+            established: false,
+            resent_total: 0,
+        }
+    }
+
+    /// The node this session belongs to.
+    pub fn node(&self) -> &NodeName {
+        &self.node
+    }
+
+    /// The streams of this link.
+    pub fn mux(&mut self) -> &mut Mux {
+        &mut self.mux
+    }
+
+    /// Whether a connection is attached and frames flow.
+    pub fn is_up(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| c.phase == Phase::Up)
+    }
+
+    /// Publishes sent and not yet acknowledged.
+    pub fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Publishes resent after reconnects, over the session's life.
+    pub fn resent_total(&self) -> u64 {
+        self.resent_total
+    }
+
+    /// The next session event, oldest first.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Edge: a new TCP (or TLS) connection to the hub is ready. Queues
+    /// CONNECT and SUBSCRIBE. The first connect of a process announces a clean
+    /// session, since a fresh process has nothing to resume; every reconnect
+    /// asks to resume (`clean_session = false`).
+    pub fn edge_connect(&mut self, now: Instant, username: Option<&str>, password: Option<&[u8]>) {
+        self.attach(now, Phase::AwaitConnack, Duration::MAX);
+        let keep_alive = u16::try_from(self.cfg.keepalive.as_secs().max(1)).unwrap_or(u16::MAX);
+        let connect = Packet::Connect(Connect {
+            protocol: Protocol::MQTT311,
+            keep_alive,
+            client_id: self.node.as_str(),
+            clean_session: !self.established,
+            last_will: None,
+            username,
+            password,
+        });
+        encode(&mut self.out, &connect);
+        let subscribe = Packet::Subscribe(mqtt::Subscribe {
+            pid: pid(self.take_pid()),
+            topics: vec![mqtt::SubscribeTopic {
+                topic_path: self.down_topic.clone(),
+                qos: QoS::AtLeastOnce,
+            }],
+        });
+        encode(&mut self.out, &subscribe);
+    }
+
+    /// Hub: a CONNECT for this node was authenticated. Queues CONNACK and
+    /// resends what the edge has not acknowledged. `resumed` says whether
+    /// this session existed before (the caller keeps sessions by node).
+    pub fn hub_accept(&mut self, now: Instant, keep_alive: u16, resumed: bool) {
+        let idle_limit = if keep_alive == 0 {
+            self.cfg.keepalive.mul_f32(1.5)
+        } else {
+            Duration::from_secs(u64::from(keep_alive)).mul_f32(1.5)
+        };
+        self.attach(now, Phase::Up, idle_limit);
+        encode(&mut self.out, &Packet::Connack(Connack {
+            session_present: resumed,
+            code: ConnectReturnCode::Accepted,
+        }));
+        let resent = self.resend();
+        self.events.push_back(Event::Up { resumed, resent });
+    }
+
+    fn attach(&mut self, now: Instant, phase: Phase, idle_limit: Duration) {
+        self.out.clear();
+        self.conn = Some(Conn {
+            phase,
+            rx: Vec::new(),
+            last_rx: now,
+            last_tx: now,
+            ping_pending: false,
+            idle_limit,
+        });
+    }
+
+    /// The connection dropped. The session stays, to be resumed.
+    pub fn disconnected(&mut self) {
+        self.conn = None;
+        self.out.clear();
+    }
+
+    /// Queues a DISCONNECT (edge shutting down cleanly).
+    pub fn disconnect(&mut self) {
+        if self.conn.is_some() {
+            encode(&mut self.out, &Packet::Disconnect);
+        }
+    }
+
+    /// Takes bytes received on the connection.
+    pub fn handle_input(&mut self, now: Instant, bytes: &[u8]) -> Result<(), LinkError> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        conn.last_rx = now;
+        conn.ping_pending = false;
+        // Decode straight from `bytes` when nothing is pending, so the common
+        // case copies nothing into the receive buffer.
+        let mut rx = std::mem::take(&mut conn.rx);
+        let result = if rx.is_empty() {
+            let used = self.handle_packets(now, bytes)?;
+            rx.extend_from_slice(&bytes[used..]);
+            Ok(())
+        } else {
+            rx.extend_from_slice(bytes);
+            let used = self.handle_packets(now, &rx)?;
+            rx.drain(..used);
+            Ok(())
+        };
+        if let Some(conn) = self.conn.as_mut() {
+            conn.rx = rx;
+        }
+        result
+    }
+
+    fn handle_packets(&mut self, now: Instant, buf: &[u8]) -> Result<usize, LinkError> {
+        let mut used = 0;
+        while let Some((packet, n)) = mqtt::decode(&buf[used..], self.cfg.max_packet)? {
+            used += n;
+            self.handle_packet(now, packet)?;
+        }
+        Ok(used)
+    }
+
+    fn handle_packet(&mut self, now: Instant, packet: Packet<'_>) -> Result<(), LinkError> {
+        let phase = self.conn.as_ref().map(|c| c.phase);
+        match (self.side, phase, packet) {
+            (Side::Edge, Some(Phase::AwaitConnack), Packet::Connack(ack)) => {
+                if ack.code != ConnectReturnCode::Accepted {
+                    return Err(LinkError::Refused(ack.code));
+                }
+                if let Some(c) = self.conn.as_mut() {
+                    c.phase = Phase::Up;
+                }
+                if self.established && !ack.session_present {
+                    self.lose_session();
+                }
+                self.established = true;
+                let resent = self.resend();
+                self.events.push_back(Event::Up {
+                    resumed: ack.session_present,
+                    resent,
+                });
+                Ok(())
+            }
+            (_, Some(Phase::Up), Packet::Publish(p)) => {
+                let own = match self.side {
+                    Side::Edge => &self.down_topic,
+                    Side::Hub => &self.up_topic,
+                };
+                if p.topic_name != own.as_str() {
+                    return Err(LinkError::ForeignTopic {
+                        node: self.node.to_string(),
+                        topic: p.topic_name.to_owned(),
+                    });
+                }
+                match p.qospid {
+                    QosPid::AtMostOnce => {}
+                    QosPid::AtLeastOnce(id) => encode(&mut self.out, &Packet::Puback(id)),
+                    QosPid::ExactlyOnce(_) => {
+                        return Err(LinkError::Protocol("QoS 2 is not used on the link".into()))
+                    }
+                }
+                self.deliver(p.payload)
+            }
+            (_, Some(Phase::Up), Packet::Puback(id)) => {
+                let Some(pos) = self.inflight.iter().position(|f| f.pid == id.get()) else {
+                    return Err(LinkError::Protocol(format!(
+                        "PUBACK for packet id {} that is not in flight",
+                        id.get()
+                    )));
+                };
+                self.inflight.remove(pos);
+                Ok(())
+            }
+            (Side::Hub, Some(Phase::Up), Packet::Subscribe(s)) => {
+                let codes = s
+                    .topics
+                    .iter()
+                    .map(|t| {
+                        if t.topic_path == self.down_topic {
+                            mqtt::SubscribeReturnCodes::Success(QoS::AtLeastOnce)
+                        } else {
+                            self.events.push_back(Event::ForeignSubscribe {
+                                topic: t.topic_path.chars().take(200).collect(),
+                            });
+                            mqtt::SubscribeReturnCodes::Failure
+                        }
+                    })
+                    .collect();
+                encode(&mut self.out, &Packet::Suback(mqtt::Suback {
+                    pid: s.pid,
+                    return_codes: codes,
+                }));
+                Ok(())
+            }
+            (Side::Edge, Some(Phase::Up), Packet::Suback(s)) => {
+                if s.return_codes.contains(&mqtt::SubscribeReturnCodes::Failure) {
+                    return Err(LinkError::Protocol(format!(
+                        "subscription to {} refused",
+                        self.down_topic
+                    )));
+                }
+                Ok(())
+            }
+            (Side::Hub, Some(Phase::Up), Packet::Pingreq) => {
+                encode(&mut self.out, &Packet::Pingresp);
+                Ok(())
+            }
+            (Side::Edge, Some(Phase::Up), Packet::Pingresp) => Ok(()),
+            (Side::Hub, Some(_), Packet::Disconnect) => Err(LinkError::Closed),
+            (_, _, other) => {
+                let _ = now;
+                Err(LinkError::Protocol(format!(
+                    "unexpected {:?} packet",
+                    other.get_type()
+                )))
+            }
+        }
+    }
+
+    /// Hands a received batch to the mux unless it is a resend already seen.
+    fn deliver(&mut self, payload: &[u8]) -> Result<(), LinkError> {
+        let (header, frames) = read_batch(payload)?;
+        if let Some(pos) = self.seen.iter().position(|(s, _)| *s == header.sender) {
+            let (_, last) = self.seen.remove(pos);
+            self.seen.push((header.sender, last.max(header.seq)));
+            if header.seq <= last {
+                return Ok(());
+            }
+        } else {
+            if self.seen.len() == MAX_SENDERS {
+                self.seen.remove(0);
+            }
+            self.seen.push((header.sender, header.seq));
+        }
+        for frame in frames {
+            self.mux.handle(frame?);
+        }
+        Ok(())
+    }
+
+    /// The peer lost our session: nothing queued for it can be delivered.
+    fn lose_session(&mut self) {
+        self.inflight.clear();
+        self.seen.clear();
+        self.mux
+            .reset_all(ResetCode::SessionLost, "the hub restarted and lost the link session");
+        self.events.push_back(Event::SessionLost);
+    }
+
+    /// Hub: the edge started afresh (clean session) while this session still
+    /// held streams of its previous run.
+    pub fn peer_restarted(&mut self) {
+        self.inflight.clear();
+        self.seen.clear();
+        self.mux
+            .reset_all(ResetCode::SessionLost, "the edge restarted");
+    }
+
+    fn resend(&mut self) -> usize {
+        for f in &mut self.inflight {
+            f.packet[0] |= 0x08; // DUP
+            self.out.extend_from_slice(&f.packet);
+        }
+        self.resent_total += self.inflight.len() as u64;
+        self.inflight.len()
+    }
+
+    /// Timers: keepalive pings (edge) and dead-link detection (both).
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), LinkError> {
+        let keepalive = self.cfg.keepalive;
+        let side = self.side;
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        let silent = now.saturating_duration_since(conn.last_rx);
+        let limit = match side {
+            Side::Edge => keepalive.mul_f32(1.5),
+            Side::Hub => conn.idle_limit,
+        };
+        if silent >= limit {
+            return Err(LinkError::KeepaliveTimeout { silent });
+        }
+        if side == Side::Edge && conn.phase == Phase::Up && !conn.ping_pending {
+            let idle_tx = now.saturating_duration_since(conn.last_tx);
+            if silent >= keepalive || idle_tx >= keepalive {
+                conn.ping_pending = true;
+                encode(&mut self.out, &Packet::Pingreq);
+            }
+        }
+        Ok(())
+    }
+
+    /// When [`Session::handle_timeout`] wants to run next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let conn = self.conn.as_ref()?;
+        let k = self.cfg.keepalive;
+        match self.side {
+            Side::Hub => Some(conn.last_rx + conn.idle_limit),
+            Side::Edge => {
+                let dead = conn.last_rx + k.mul_f32(1.5);
+                if conn.ping_pending || conn.phase != Phase::Up {
+                    Some(dead)
+                } else {
+                    Some(dead.min(conn.last_rx + k).min(conn.last_tx + k))
+                }
+            }
+        }
+    }
+
+    /// Bytes to write to the connection now, after moving whatever the mux
+    /// has into publishes (as far as the in-flight limit allows).
+    pub fn transmit(&mut self, now: Instant) -> Vec<u8> {
+        if self.is_up() {
+            while self.inflight.len() < self.cfg.max_inflight && self.mux.wants_to_send() {
+                let mut batch = BatchWriter::new(BatchHeader {
+                    sender: self.sender,
+                    seq: self.next_seq,
+                });
+                self.mux.fill(&mut batch, self.cfg.max_batch);
+                if batch.is_empty() {
+                    break;
+                }
+                self.next_seq += 1;
+                self.publish(&batch.finish());
+            }
+        }
+        let out = std::mem::take(&mut self.out);
+        if !out.is_empty() {
+            if let Some(c) = self.conn.as_mut() {
+                c.last_tx = now;
+            }
+        }
+        out
+    }
+
+    /// Whether [`Session::transmit`] would return anything.
+    pub fn wants_to_transmit(&self) -> bool {
+        !self.out.is_empty()
+            || (self.is_up()
+                && self.inflight.len() < self.cfg.max_inflight
+                && self.mux.wants_to_send())
+    }
+
+    fn publish(&mut self, payload: &[u8]) {
+        let id = self.take_pid();
+        let topic = match self.side {
+            Side::Edge => self.up_topic.as_str(),
+            Side::Hub => self.down_topic.as_str(),
+        };
+        let mut packet = Vec::with_capacity(payload.len() + topic.len() + 9);
+        let publish = Packet::Publish(mqtt::Publish {
+            dup: false,
+            qospid: QosPid::AtLeastOnce(pid(id)),
+            retain: false,
+            topic_name: topic,
+            payload,
+        });
+        if let Err(e) = mqtt::encode(&publish, &mut packet) {
+            // Only a batch beyond MQTT's 256 MB limit fails, which max_batch rules out.
+            log::error!("dropping link batch: {e}");
+            return;
+        }
+        self.out.extend_from_slice(&packet);
+        self.inflight.push_back(InFlight { pid: id, packet });
+    }
+
+    fn take_pid(&mut self) -> u16 {
+        loop {
+            let id = self.next_pid;
+            self.next_pid = self.next_pid.checked_add(1).unwrap_or(1);
+            if !self.inflight.iter().any(|f| f.pid == id) {
+                return id;
+            }
+        }
+    }
+
+}
+
+/// Appends a packet this side built; only a packet beyond MQTT's size limit
+/// fails, which the session's limits rule out.
+fn encode(out: &mut Vec<u8>, packet: &Packet<'_>) {
+    if let Err(e) = mqtt::encode(packet, out) {
+        log::error!("cannot encode {:?}: {e}", packet.get_type());
+    }
+}
+
+fn pid(id: u16) -> Pid {
+    // take_pid never yields 0, the one value Pid refuses.
+    Pid::try_from(id).unwrap_or_default()
+}
