@@ -15,13 +15,18 @@
 //! - [`accept`]: the hub reading a link's CONNECT before a session exists.
 //! - [`backoff`]: reconnect delays with full jitter.
 //! - [`tls`]: rustls configurations for both ends (ring provider).
+//! - [`io`]: the thin async layer both programs drive a session with:
+//!   streams as `AsyncRead + AsyncWrite`, and the connection loop.
+//! - [`logger`]: the line logger both programs install.
 //!
-//! Everything but [`tls`] is sans IO: bytes and instants in, bytes and events
+//! Everything below [`tls`] is sans IO: bytes and instants in, bytes and events
 //! out, so every protocol path is tested without sockets.
 
 pub mod accept;
 pub mod backoff;
 pub mod frame;
+pub mod io;
+pub mod logger;
 pub mod mqtt;
 pub mod mux;
 pub mod session;

@@ -1,0 +1,2 @@
+//! Test support for the system tests.
+pub mod faultproxy;
