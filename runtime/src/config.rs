@@ -1,0 +1,300 @@
+//! The edge's configuration file: what it links to, how, and what it lets
+//! through. Every key is documented in `tether-edge --help` and in the
+//! example under board-configs/.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tether_conf::{Document, Errors, Table};
+use tether_link::session;
+use tether_link::topic::NodeName;
+
+/// How the edge proves who it is to the hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// A client certificate (subject CN `system:node:<node>`) and its key.
+    Certificate { cert: PathBuf, key: PathBuf },
+    /// A token from the hub's token file, sent in CONNECT.
+    Token(String),
+}
+
+/// How the link reaches the hub.
+#[derive(Debug, Clone)]
+pub struct Hub {
+    /// `host:port` of tether-hub, resolved at every connect.
+    pub address: String,
+    /// The name the hub's certificate must carry.
+    pub server_name: String,
+    /// CA that signed the hub's certificate; `None` only with `plaintext`.
+    pub ca: Option<PathBuf>,
+    /// Plain TCP without TLS: for tests on loopback only.
+    pub plaintext: bool,
+    /// The node's proof of identity.
+    pub credentials: Option<Credentials>,
+}
+
+/// Reconnect and timing settings of the link.
+#[derive(Debug, Clone)]
+pub struct Link {
+    /// Session limits and keepalive (shared with the hub).
+    pub session: session::Config,
+    /// Limit for TCP connect plus TLS handshake plus CONNACK.
+    pub connect_timeout: Duration,
+    /// First reconnect delay ceiling.
+    pub backoff_initial: Duration,
+    /// Largest reconnect delay ceiling.
+    pub backoff_max: Duration,
+}
+
+/// One local port that forwards to a hub upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// Where the edge listens (normally on loopback).
+    pub listen: SocketAddr,
+    /// Name of the upstream in the hub's config.
+    pub upstream: String,
+}
+
+/// Everything the edge reads from its config file.
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    /// This node's Kubernetes name: the link's client id.
+    pub node: NodeName,
+    /// error, warn, info, debug or trace.
+    pub log_level: String,
+    /// The hub.
+    pub hub: Hub,
+    /// Link timings and limits.
+    pub link: Link,
+    /// Local ports the hub may open streams to.
+    pub allow_ports: Vec<u16>,
+    /// Local forwarding ports.
+    pub forwards: Vec<Forward>,
+}
+
+/// Reads and checks the config file at `path`. The error lists every
+/// problem with its line and key.
+pub fn load(path: &Path) -> Result<EdgeConfig, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    parse(&text, path.parent().unwrap_or(Path::new(".")))
+        .map_err(|e| format!("{}:\n{e}", path.display()))
+}
+
+/// Parses config text; relative paths are taken from `base`.
+pub fn parse(text: &str, base: &Path) -> Result<EdgeConfig, Errors> {
+    let doc = Document::parse(text)?;
+    let mut errors = Errors::new();
+    let mut root = doc.root();
+    let node = match errors.opt(root.str("node")) {
+        Some(n) => match NodeName::new(n) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                errors.push(root.error("node", e.to_string()));
+                None
+            }
+        },
+        None => {
+            errors.push(root.error("node", "missing: the node's Kubernetes name, e.g. node = \"edge-1\""));
+            None
+        }
+    };
+    let log_level = errors.opt(root.str("log_level")).unwrap_or("info").to_owned();
+    if log_level.parse::<log::LevelFilter>().is_err() {
+        errors.push(root.error("log_level", "must be error, warn, info, debug or trace"));
+    }
+    let hub = match errors.opt(root.table("hub")) {
+        Some(mut t) => read_hub(&mut t, base, &mut errors),
+        None => {
+            errors.push(root.error("hub", "missing [hub] table with at least address = \"host:port\""));
+            None
+        }
+    };
+    let link = {
+        let mut t = errors.opt(root.table("link"));
+        read_link(t.as_mut(), &mut errors)
+    };
+    let mut allow_ports = vec![10250];
+    if let Some(mut t) = errors.opt(root.table("services")) {
+        if let Some(ports) = errors.opt(t.u64_array("allow_ports")) {
+            allow_ports.clear();
+            for p in ports {
+                match u16::try_from(p) {
+                    Ok(p) if p > 0 => allow_ports.push(p),
+                    _ => errors.push(t.error("allow_ports", format!("{p} is not a TCP port (1-65535)"))),
+                }
+            }
+        }
+    }
+    let mut forwards = Vec::new();
+    for mut t in errors.take(root.tables("forward")).unwrap_or_default() {
+        let listen = match errors.opt(t.str("listen")) {
+            Some(l) => match l.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    errors.push(t.error("listen", format!("{l:?} is not an address like \"127.0.0.1:6443\"")));
+                    None
+                }
+            },
+            None => {
+                errors.push(t.error("listen", "missing: address to listen on, e.g. \"127.0.0.1:16443\""));
+                None
+            }
+        };
+        let upstream = errors.opt(t.str("upstream"));
+        if upstream.is_none() {
+            errors.push(t.error("upstream", "missing: name of an upstream in the hub's config"));
+        }
+        if let (Some(listen), Some(upstream)) = (listen, upstream) {
+            forwards.push(Forward {
+                listen,
+                upstream: upstream.to_owned(),
+            });
+        }
+    }
+    errors.take(root.finish());
+    errors.into_result()?;
+    match (node, hub) {
+        (Some(node), Some(hub)) => Ok(EdgeConfig {
+            node,
+            log_level,
+            hub,
+            link,
+            allow_ports,
+            forwards,
+        }),
+        // Both are reported above whenever missing.
+        _ => Err(Errors(vec![tether_conf::Error::new(None, None, "incomplete config")])),
+    }
+}
+
+fn read_hub(t: &mut Table<'_>, base: &Path, errors: &mut Errors) -> Option<Hub> {
+    let address = errors.opt(t.str("address"));
+    if address.is_none() {
+        errors.push(t.error("address", "missing: the hub as \"host:port\""));
+    }
+    let address = address?.to_owned();
+    let Some((host, port)) = address.rsplit_once(':') else {
+        errors.push(t.error("address", format!("{address:?} has no port; write \"host:port\"")));
+        return None;
+    };
+    if port.parse::<u16>().is_err() || host.is_empty() {
+        errors.push(t.error("address", format!("{address:?} is not \"host:port\"")));
+    }
+    let server_name = errors
+        .opt(t.str("server_name"))
+        .unwrap_or(host.trim_start_matches('[').trim_end_matches(']'))
+        .to_owned();
+    let plaintext = errors.opt(t.bool("plaintext")).unwrap_or(false);
+    let mut path = |key: &str| errors.opt(t.str(key)).map(|p| base.join(p));
+    let ca = path("ca");
+    let cert = path("cert");
+    let key = path("key");
+    let token_file = path("token_file");
+    if ca.is_none() && !plaintext {
+        errors.push(t.error("ca", "missing: the CA file that signed the hub's certificate (or plaintext = true for tests)"));
+    }
+    let credentials = match (cert, key, token_file) {
+        (Some(cert), Some(key), None) => Some(Credentials::Certificate { cert, key }),
+        (None, None, Some(file)) => match std::fs::read_to_string(&file) {
+            Ok(token) if !token.trim().is_empty() => Some(Credentials::Token(token.trim().to_owned())),
+            Ok(_) => {
+                errors.push(t.error("token_file", format!("{} is empty", file.display())));
+                None
+            }
+            Err(e) => {
+                errors.push(t.error("token_file", format!("cannot read {}: {e}", file.display())));
+                None
+            }
+        },
+        (None, None, None) => None,
+        (Some(_), None, _) | (None, Some(_), _) => {
+            errors.push(t.error("cert", "cert and key go together"));
+            None
+        }
+        (Some(_), Some(_), Some(_)) => {
+            errors.push(t.error("token_file", "use either cert/key or token_file, not both"));
+            None
+        }
+    };
+    if credentials.is_none() && !plaintext {
+        errors.push(t.error("", "no credentials: set cert and key, or token_file"));
+    }
+    Some(Hub {
+        address,
+        server_name,
+        ca,
+        plaintext,
+        credentials,
+    })
+}
+
+fn read_link(t: Option<&mut Table<'_>>, errors: &mut Errors) -> Link {
+    let defaults = Link {
+        session: session::Config::default(),
+        connect_timeout: Duration::from_secs(20),
+        backoff_initial: Duration::from_secs(1),
+        backoff_max: Duration::from_secs(60),
+    };
+    let Some(t) = t else {
+        return defaults;
+    };
+    let session = session::Config::read(t, errors);
+    let mut dur = |key: &str, default: Duration| match errors.opt(t.duration(key)) {
+        Some(d) if d.is_zero() => {
+            errors.push(t.error(key, "must be more than 0s"));
+            default
+        }
+        Some(d) => d,
+        None => default,
+    };
+    let connect_timeout = dur("connect_timeout", defaults.connect_timeout);
+    let backoff_initial = dur("backoff_initial", defaults.backoff_initial);
+    let backoff_max = dur("backoff_max", defaults.backoff_max);
+    if backoff_max < backoff_initial {
+        errors.push(t.error("backoff_max", "must not be less than backoff_initial"));
+    }
+    Link {
+        session,
+        connect_timeout,
+        backoff_initial,
+        backoff_max,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> String {
+        parse(text, Path::new("/")).map(|_| ()).expect_err("should fail").to_string()
+    }
+
+    #[test]
+    fn minimal_plaintext() {
+        let c = parse("node = \"edge-1\"\n[hub]\naddress = \"127.0.0.1:7443\"\nplaintext = true\n", Path::new("/"))
+            .expect("valid");
+        assert_eq!(c.node.as_str(), "edge-1");
+        assert_eq!(c.allow_ports, vec![10250]);
+        assert_eq!(c.hub.server_name, "127.0.0.1");
+        assert_eq!(c.link.session.keepalive, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn every_error_named_with_line() {
+        let e = errors(
+            "node = \"Edge_1\"\n[hub]\naddress = \"nohost\"\n[link]\nkeepalive = \"0s\"\nmax_inflight = 0\ncolour = 1\n[[forward]]\nlisten = \"x\"\n",
+        );
+        for needle in [
+            "line 1: node:",
+            "line 3: hub.address:",
+            "line 5: link.keepalive:",
+            "line 6: link.max_inflight:",
+            "line 7: link.colour: unknown key",
+            "line 9: forward[0].listen:",
+            "forward[0].upstream: missing",
+        ] {
+            assert!(e.contains(needle), "{needle:?} not in:\n{e}");
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The tether-edge program: reads its config, keeps the link to the hub up
+//! and serves forwards and hub-opened streams, all on one thread.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tether_edge::{config, forward, services, uplink};
+
+const HELP: &str = "\
+tether-edge: the Tether runtime on an edge board. Keeps one outbound,
+TLS-protected link to tether-hub and carries streams over it.
+
+USAGE:
+    tether-edge [run] [--config FILE] [--log-level LEVEL]
+    tether-edge check-config FILE
+    tether-edge --help | --version
+
+COMMANDS:
+    run             Run the edge (the default).
+    check-config    Check a config file, print every error with its line
+                    and key, exit 0 if it is valid, 1 if not.
+
+OPTIONS:
+    -c, --config FILE      Config file [default: /etc/tether/edge.toml]
+    --log-level LEVEL      error, warn, info, debug or trace; overrides
+                           log_level from the file.
+    -h, --help             This text.
+    -V, --version          The version.
+
+CONFIG FILE (a strict TOML subset; unknown keys are errors):
+    node = \"edge-1\"                 This node's Kubernetes name (required).
+    log_level = \"info\"              error, warn, info, debug, trace.
+
+    [hub]
+    address = \"hub.example:7443\"    tether-hub as host:port (required).
+    server_name = \"...\"             Name on the hub's certificate
+                                    [default: the host of address].
+    ca = \"hub-ca.pem\"               CA that signed the hub's certificate.
+    cert = \"node.pem\"               Client certificate, subject CN
+    key = \"node-key.pem\"            system:node:<node>, and its key; or
+    token_file = \"token\"            a file holding the node's hub token.
+    plaintext = false               No TLS: only for tests on loopback.
+    (Relative paths are taken from the config file's folder.)
+
+    [link]
+    keepalive = \"60s\"               PINGREQ after this much silence; the
+                                    link is dead after 1.5x with nothing
+                                    received (black holes included).
+    connect_timeout = \"20s\"         TCP connect plus TLS handshake.
+    backoff_initial = \"1s\"          Reconnect delays: random in [0, d] with
+    backoff_max = \"60s\"             d doubling from initial up to max.
+    max_inflight = 16               Unacknowledged QoS 1 publishes; beyond
+                                    it writers wait (back-pressure).
+    max_batch = \"64KiB\"             Largest PUBLISH payload sent.
+    max_packet = \"128KiB\"           Largest packet accepted.
+    max_streams = 4096              Streams open at once on the link.
+
+    [services]
+    allow_ports = [10250]           Local ports the hub may open streams to.
+
+    [[forward]]                     Repeatable: a local port whose
+    listen = \"127.0.0.1:16443\"      connections go to a named upstream of
+    upstream = \"kube-apiserver\"     the hub.
+";
+
+enum Command {
+    Run { config: PathBuf, log_level: Option<String> },
+    Check(PathBuf),
+    Help,
+    Version,
+}
+
+fn parse_args(args: &[String]) -> Result<Command, String> {
+    let mut config = PathBuf::from("/etc/tether/edge.toml");
+    let mut log_level = None;
+    let mut check = false;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "-h" | "--help" | "help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            "run" => {}
+            "check-config" => {
+                check = true;
+                if let Some(file) = it.next() {
+                    config = PathBuf::from(file);
+                } else {
+                    return Err("check-config needs a FILE".into());
+                }
+            }
+            "-c" | "--config" => {
+                config = PathBuf::from(it.next().ok_or("--config needs a FILE")?);
+            }
+            "--log-level" => {
+                log_level = Some(it.next().ok_or("--log-level needs a LEVEL")?.clone());
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(if check {
+        Command::Check(config)
+    } else {
+        Command::Run { config, log_level }
+    })
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match parse_args(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tether-edge: {e}\nTry 'tether-edge --help'.");
+            return ExitCode::from(2);
+        }
+    };
+    match command {
+        Command::Help => {
+            print!("{HELP}");
+            ExitCode::SUCCESS
+        }
+        Command::Version => {
+            println!("tether-edge {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Check(path) => match config::load(&path) {
+            Ok(_) => {
+                println!("{}: valid", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config, log_level } => match run(&config, log_level) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tether-edge: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> {
+    let cfg = config::load(path)?;
+    tether_link::logger::init(log_level.as_deref().unwrap_or(&cfg.log_level))?;
+    let tls = uplink::tls_connector(&cfg.hub)?;
+    // One thread: the executor runs here; async-io adds only its reactor.
+    let ex = std::rc::Rc::new(smol::LocalExecutor::new());
+    let link = uplink::new_link(cfg.node.clone(), &cfg.link);
+    smol::block_on(ex.run(async {
+        let mut listeners = Vec::new();
+        for f in &cfg.forwards {
+            listeners.push((forward::bind(f).await?, f.clone()));
+        }
+        log::info!(
+            "tether-edge {} starting: node {}, hub {}{}",
+            env!("CARGO_PKG_VERSION"),
+            cfg.node,
+            cfg.hub.address,
+            if cfg.hub.plaintext { " (plaintext: tests only)" } else { "" }
+        );
+        for (listener, f) in listeners {
+            ex.spawn(forward::serve(ex.clone(), link.clone(), listener, f)).detach();
+        }
+        ex.spawn(services::serve(ex.clone(), link.clone(), cfg.allow_ports.clone())).detach();
+        uplink::run(link.clone(), cfg.hub.clone(), cfg.link.clone(), tls).await;
+        Ok(())
+    }))
+}
