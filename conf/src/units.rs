@@ -44,26 +44,27 @@ pub fn parse_duration(text: &str) -> Result<Duration, Error> {
             .find(|c: char| c.is_ascii_digit())
             .unwrap_or(after.len());
         let (unit, next) = after.split_at(unit_len);
-        let (rank, seconds) =
-            match unit {
-                "d" => (0, 86_400),
-                "h" => (1, 3_600),
-                "m" => (2, 60),
-                "s" => (3, 1),
-                "ms" => (4, 0),
-                "" if next.is_empty() && previous.is_none() => return Err(fail(format!(
+        let (rank, seconds) = match unit {
+            "d" => (0, 86_400),
+            "h" => (1, 3_600),
+            "m" => (2, 60),
+            "s" => (3, 1),
+            "ms" => (4, 0),
+            "" if next.is_empty() && previous.is_none() => {
+                return Err(fail(format!(
                     "\"{text}\" has no unit; write \"{text}s\" or another unit ({DURATION_UNITS})"
-                ))),
-                "" => return Err(fail(format!("\"{text}\": the last number has no unit"))),
-                _ if unit.contains(char::is_whitespace) => {
-                    return Err(fail(format!("\"{text}\": remove the spaces, {example}")))
-                }
-                _ => {
-                    return Err(fail(format!(
-                        "\"{text}\": unknown unit \"{unit}\"; use {DURATION_UNITS}"
-                    )))
-                }
-            };
+                )))
+            }
+            "" => return Err(fail(format!("\"{text}\": the last number has no unit"))),
+            _ if unit.contains(char::is_whitespace) => {
+                return Err(fail(format!("\"{text}\": remove the spaces, {example}")))
+            }
+            _ => {
+                return Err(fail(format!(
+                    "\"{text}\": unknown unit \"{unit}\"; use {DURATION_UNITS}"
+                )))
+            }
+        };
         if let Some((before, before_unit)) = previous {
             if rank <= before {
                 return Err(fail(format!(

@@ -43,7 +43,9 @@ pub fn read_connect(buf: &[u8]) -> Result<Option<(Hello, usize)>, LinkError> {
         )));
     };
     if c.last_will.is_some() {
-        return Err(LinkError::Protocol("a will message is not used on the link".into()));
+        return Err(LinkError::Protocol(
+            "a will message is not used on the link".into(),
+        ));
     }
     let node = NodeName::new(c.client_id).map_err(LinkError::BadClientId)?;
     Ok(Some((

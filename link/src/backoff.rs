@@ -58,6 +58,22 @@ impl Backoff {
     }
 }
 
+/// A random number from the operating system, for jitter seeds and
+/// [`crate::frame::BatchHeader::sender`]. Falls back to the clock and pid,
+/// which still differ per process, if the system source fails.
+pub fn random_seed() -> u64 {
+    use ring::rand::{SecureRandom, SystemRandom};
+    let mut bytes = [0u8; 8];
+    if SystemRandom::new().fill(&mut bytes).is_ok() {
+        return u64::from_le_bytes(bytes);
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ (u64::from(std::process::id()) << 32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,7 +99,11 @@ mod tests {
         // more than twice its share (a herd would put them all in one).
         let mut buckets = [0u32; 8];
         for seed in 0..10_000u64 {
-            let mut b = Backoff::new(Duration::from_secs(8), Duration::from_secs(8), seed * 7919 + 1);
+            let mut b = Backoff::new(
+                Duration::from_secs(8),
+                Duration::from_secs(8),
+                seed * 7919 + 1,
+            );
             b.next_delay();
             let d = b.next_delay();
             buckets[(d.as_secs() as usize).min(7)] += 1;

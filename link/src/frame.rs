@@ -244,7 +244,10 @@ mod tests {
                 id: 1,
                 bytes: b"GET / HTTP/1.1\r\n\r\n",
             },
-            Frame::Credit { id: 2, bytes: 65536 },
+            Frame::Credit {
+                id: 2,
+                bytes: 65536,
+            },
             Frame::Fin { id: 1 },
             Frame::Reset {
                 id: 4,
@@ -278,7 +281,10 @@ mod tests {
             bytes: &payload,
         });
         let overhead = w.len() - payload.len();
-        assert_eq!(overhead, data_frame_len(12345, payload.len()) - payload.len());
+        assert_eq!(
+            overhead,
+            data_frame_len(12345, payload.len()) - payload.len()
+        );
         assert!(overhead <= 12, "{overhead}");
     }
 }

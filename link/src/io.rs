@@ -6,9 +6,9 @@
 //! runs the session over one connection: socket → decode → handle → encode
 //! → socket, waking the stream tasks that can make progress.
 
+use crate::frame::{ResetCode, StreamId};
 use crate::mux::{OwnedTarget, StreamError, StreamEvent};
 use crate::session::{Event, Session};
-use crate::frame::{ResetCode, StreamId};
 use crate::LinkError;
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures_lite::FutureExt;
@@ -21,8 +21,10 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-/// Size of one socket read.
-const READ_CHUNK: usize = 64 * 1024;
+/// Socket read buffer: an idle link keeps the small size (thousands of
+/// links on a hub), a busy one grows it up to the large size.
+const READ_MIN: usize = 2 * 1024;
+const READ_MAX: usize = 64 * 1024;
 
 /// One session, shared by its driver and its streams (single thread).
 #[derive(Clone)]
@@ -43,6 +45,11 @@ struct Inner {
     dirty: bool,
     driver_waker: Option<Waker>,
     events: VecDeque<Event>,
+    event_waker: Option<Waker>,
+    /// Bumped by every [`Link::drive`]; an older driver that sees a newer
+    /// generation has been superseded and leaves the session alone.
+    generation: u64,
+    superseded_waker: Option<Waker>,
     stats: Stats,
 }
 
@@ -55,6 +62,8 @@ pub struct Stats {
     pub bytes_out: u64,
     /// Streams opened by either side.
     pub streams_opened: u64,
+    /// When bytes last came in.
+    pub last_input: Option<std::time::SystemTime>,
 }
 
 /// Why [`Link::drive`] returned.
@@ -62,6 +71,8 @@ pub struct Stats {
 pub enum DriveError {
     /// The connection failed or closed.
     Io(io::Error),
+    /// A newer connection of the same node took the session over.
+    Superseded,
     /// The peer broke the protocol, or keepalive found the path dead.
     Link(LinkError),
 }
@@ -74,6 +85,9 @@ impl fmt::Display for DriveError {
             }
             DriveError::Io(e) => write!(f, "connection error: {e}"),
             DriveError::Link(e) => e.fmt(f),
+            DriveError::Superseded => {
+                f.write_str("replaced by a newer connection of the same node")
+            }
         }
     }
 }
@@ -94,6 +108,9 @@ impl Link {
                 dirty: false,
                 driver_waker: None,
                 events: VecDeque::new(),
+                event_waker: None,
+                generation: 0,
+                superseded_waker: None,
                 stats: Stats::default(),
             })),
         }
@@ -152,26 +169,62 @@ impl Link {
         .await
     }
 
-    /// Takes the next session event (link up, session lost, ...).
-    pub fn poll_event(&self) -> Option<Event> {
-        self.inner.borrow_mut().events.pop_front()
+    /// Waits for the next session event (link up, session lost, ...).
+    pub async fn next_event(&self) -> Event {
+        futures_lite::future::poll_fn(|cx| {
+            let mut inner = self.inner.borrow_mut();
+            match inner.events.pop_front() {
+                Some(ev) => Poll::Ready(ev),
+                None => {
+                    inner.event_waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
     }
 
-    /// Runs the session over `conn` until it fails. The caller has attached
-    /// the connection to the session first (`edge_connect`/`hub_accept`);
-    /// `pending` holds bytes already read past the CONNECT.
-    pub async fn drive<C>(&self, conn: C, pending: &[u8]) -> DriveError
+    /// Runs the session over `conn` until it fails. `attach` tells the
+    /// session about the new connection (`edge_connect` or `hub_accept`);
+    /// `pending` holds bytes already read past the CONNECT. A driver still
+    /// running for an older connection of the same session is stopped.
+    pub async fn drive<C>(
+        &self,
+        conn: C,
+        pending: &[u8],
+        attach: impl FnOnce(&mut Session),
+    ) -> DriveError
     where
         C: AsyncRead + AsyncWrite + Unpin,
     {
+        let generation = {
+            let mut inner = self.inner.borrow_mut();
+            inner.generation += 1;
+            if let Some(w) = inner.superseded_waker.take() {
+                w.wake();
+            }
+            attach(&mut inner.session);
+            inner.dispatch();
+            inner.generation
+        };
         let (mut rd, mut wr) = futures_lite::io::split(conn);
         if !pending.is_empty() {
             if let Err(e) = self.input(pending) {
+                self.with_session(|s| s.disconnected());
                 return e;
             }
         }
+        let superseded = futures_lite::future::poll_fn(|cx| {
+            let mut inner = self.inner.borrow_mut();
+            if inner.generation != generation {
+                Poll::Ready(DriveError::Superseded)
+            } else {
+                inner.superseded_waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        });
         let reader = async {
-            let mut buf = vec![0u8; READ_CHUNK];
+            let mut buf = vec![0u8; READ_MIN];
             loop {
                 let n = match rd.read(&mut buf).await {
                     Ok(0) => return DriveError::Io(io::ErrorKind::UnexpectedEof.into()),
@@ -180,6 +233,11 @@ impl Link {
                 };
                 if let Err(e) = self.input(&buf[..n]) {
                     return e;
+                }
+                if n == buf.len() && buf.len() < READ_MAX {
+                    buf = vec![0u8; buf.len() * 2];
+                } else if n < buf.len() / 8 && buf.len() > READ_MIN {
+                    buf = vec![0u8; buf.len() / 2];
                 }
             }
         };
@@ -227,14 +285,19 @@ impl Link {
                 }
             }
         };
-        let err = reader.or(writer).await;
-        self.with_session(|s| s.disconnected());
+        // `superseded` first: once a newer driver exists, this one must not
+        // touch the session again, not even for one more read.
+        let err = superseded.or(reader.or(writer)).await;
+        if !matches!(err, DriveError::Superseded) {
+            self.with_session(|s| s.disconnected());
+        }
         err
     }
 
     fn input(&self, bytes: &[u8]) -> Result<(), DriveError> {
         let mut inner = self.inner.borrow_mut();
         inner.stats.bytes_in += bytes.len() as u64;
+        inner.stats.last_input = Some(std::time::SystemTime::now());
         let r = inner.session.handle_input(Instant::now(), bytes);
         inner.dispatch();
         inner.wake_driver();
@@ -247,6 +310,9 @@ impl Inner {
     fn dispatch(&mut self) {
         while let Some(ev) = self.session.poll_event() {
             self.events.push_back(ev);
+            if let Some(w) = self.event_waker.take() {
+                w.wake();
+            }
         }
         while let Some(ev) = self.session.mux().poll_event() {
             let id = ev.id();

@@ -86,7 +86,9 @@ pub fn refusal_text(code: mqtt::ConnectReturnCode) -> &'static str {
     match code {
         Accepted => "accepted",
         RefusedProtocolVersion => "protocol version not supported (MQTT 3.1.1 expected)",
-        RefusedIdentifierRejected => "client id rejected (not a valid node name, or not this node's)",
+        RefusedIdentifierRejected => {
+            "client id rejected (not a valid node name, or not this node's)"
+        }
         ServerUnavailable => "hub unavailable",
         BadUsernamePassword => "bad credentials (unknown token, or token of another node)",
         NotAuthorized => "not authorized (certificate names another node)",

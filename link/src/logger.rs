@@ -25,7 +25,11 @@ impl Log for Logger {
             Level::Debug => "DEBUG",
             Level::Trace => "TRACE",
         };
-        let line = format!("{} {level} {}\n", timestamp(SystemTime::now()), record.args());
+        let line = format!(
+            "{} {level} {}\n",
+            timestamp(SystemTime::now()),
+            record.args()
+        );
         // A full or closed stderr must not take the program down.
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }

@@ -11,8 +11,8 @@
 use std::fmt;
 
 pub use mqttrs::{
-    Connack, Connect, ConnectReturnCode, Packet, Pid, Protocol, Publish, QoS, QosPid, Suback, Subscribe,
-    SubscribeReturnCodes, SubscribeTopic,
+    Connack, Connect, ConnectReturnCode, Packet, Pid, Protocol, Publish, QoS, QosPid, Suback,
+    Subscribe, SubscribeReturnCodes, SubscribeTopic,
 };
 
 /// Largest fixed header: one type byte and up to four length bytes.
@@ -310,7 +310,13 @@ fn encoded_len(packet: &Packet<'_>) -> usize {
                     .map_or(0, |w| 4 + w.topic.len() + w.message.len())
         }
         Packet::Publish(p) => 4 + p.topic_name.len() + p.payload.len(),
-        Packet::Subscribe(s) => 2 + s.topics.iter().map(|t| 3 + t.topic_path.len()).sum::<usize>(),
+        Packet::Subscribe(s) => {
+            2 + s
+                .topics
+                .iter()
+                .map(|t| 3 + t.topic_path.len())
+                .sum::<usize>()
+        }
         Packet::Suback(s) => 2 + s.return_codes.len(),
         _ => 4,
     };
@@ -394,9 +400,7 @@ mod tests {
         // CONNECT cut right after the protocol name.
         assert!(decode(&[0x10, 6, 0, 4, b'M', b'Q', b'T', b'T'], 100).is_err());
         // CONNECT for MQTT 5.
-        let v5 = [
-            0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 60, 0, 0,
-        ];
+        let v5 = [0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 60, 0, 0];
         assert_eq!(decode(&v5, 100), Err(DecodeError::BadProtocol));
     }
 }

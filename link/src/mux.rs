@@ -150,6 +150,9 @@ pub struct Mux {
     next_id: StreamId,
     max_streams: usize,
     streams: HashMap<StreamId, Stream>,
+    /// Streams ended by [`Mux::reset_all`], kept only so their application
+    /// handles get the reason until released; their ids are free again.
+    lost: HashMap<StreamId, (ResetCode, String)>,
     /// Open/Accept/Credit/Reset frames waiting to be sent, oldest first.
     control: VecDeque<Control>,
     /// Streams with data or a FIN to send, in turn order.
@@ -195,6 +198,7 @@ impl Mux {
             },
             max_streams,
             streams: HashMap::new(),
+            lost: HashMap::new(),
             control: VecDeque::new(),
             ready: VecDeque::new(),
             events: VecDeque::new(),
@@ -251,12 +255,16 @@ impl Mux {
     /// Queues up to `data.len()` bytes, as far as the peer's credit allows.
     /// Returns how many were taken; 0 means wait for [`StreamEvent::Writable`].
     pub fn write(&mut self, id: StreamId, data: &[u8]) -> Result<usize, StreamError> {
-        let s = self.streams.get_mut(&id).ok_or(StreamError::Unknown(id))?;
+        let Some(s) = self.streams.get_mut(&id) else {
+            return Err(self.missing(id));
+        };
         s.check()?;
         if s.fin_queued {
             return Err(StreamError::WriteAfterShutdown);
         }
-        let n = data.len().min(usize::try_from(s.send_credit).unwrap_or(usize::MAX));
+        let n = data
+            .len()
+            .min(usize::try_from(s.send_credit).unwrap_or(usize::MAX));
         if n == 0 {
             return Ok(0);
         }
@@ -279,7 +287,9 @@ impl Mux {
     /// Half-closes: no more writes; the peer reads end-of-stream after the
     /// data already written.
     pub fn shutdown(&mut self, id: StreamId) -> Result<(), StreamError> {
-        let s = self.streams.get_mut(&id).ok_or(StreamError::Unknown(id))?;
+        let Some(s) = self.streams.get_mut(&id) else {
+            return Err(self.missing(id));
+        };
         s.check()?;
         if !s.fin_queued {
             s.fin_queued = true;
@@ -294,15 +304,19 @@ impl Mux {
     /// Reads received bytes into `buf`. `Ok(0)` with a non-empty `buf` means
     /// end-of-stream if [`Mux::at_eof`], else nothing yet.
     pub fn read(&mut self, id: StreamId, buf: &mut [u8]) -> Result<usize, StreamError> {
-        let s = self.streams.get_mut(&id).ok_or(StreamError::Unknown(id))?;
+        let Some(s) = self.streams.get_mut(&id) else {
+            return Err(self.missing(id));
+        };
         if s.recv_buf.is_empty() {
             s.check()?;
             return Ok(0);
         }
         let n = buf.len().min(s.recv_buf.len());
-        for (dst, src) in buf.iter_mut().zip(s.recv_buf.drain(..n)) {
-            *dst = src;
-        }
+        let (a, b) = s.recv_buf.as_slices();
+        let from_a = n.min(a.len());
+        buf[..from_a].copy_from_slice(&a[..from_a]);
+        buf[from_a..n].copy_from_slice(&b[..n - from_a]);
+        s.recv_buf.drain(..n);
         // n <= recv_buf.len() <= INITIAL_WINDOW, so it fits a u32.
         s.recv_unreturned += n as u32;
         if s.recv_unreturned >= CREDIT_THRESHOLD && !s.fin_received {
@@ -329,6 +343,9 @@ impl Mux {
     /// ways just goes; anything else is reset towards the peer, as TCP
     /// does when a socket is closed with unread data.
     pub fn release(&mut self, id: StreamId) {
+        if self.lost.remove(&id).is_some() {
+            return;
+        }
         let Some(s) = self.streams.remove(&id) else {
             return;
         };
@@ -340,21 +357,29 @@ impl Mux {
 
     /// Marks every stream reset (the peer lost its session) without sending
     /// anything, and drops queued frames, which belong to the lost session.
+    /// The ids are free at once: the restarted peer numbers its streams
+    /// from the start again.
     pub fn reset_all(&mut self, code: ResetCode, reason: &str) {
         self.control.clear();
         self.ready.clear();
-        for (id, s) in &mut self.streams {
-            if s.reset.is_none() {
-                s.reset = Some((code, reason.to_owned()));
-                s.send_buf = VecDeque::new();
-                s.recv_buf = VecDeque::new();
-                s.queued = false;
-                self.events.push_back(StreamEvent::Reset {
-                    id: *id,
-                    code,
-                    reason: reason.to_owned(),
-                });
-            }
+        for (id, s) in self.streams.drain() {
+            let (code, reason) = s.reset.unwrap_or((code, reason.to_owned()));
+            self.events.push_back(StreamEvent::Reset {
+                id,
+                code,
+                reason: reason.clone(),
+            });
+            self.lost.insert(id, (code, reason));
+        }
+    }
+
+    fn missing(&self, id: StreamId) -> StreamError {
+        match self.lost.get(&id) {
+            Some((code, reason)) => StreamError::Reset {
+                code: *code,
+                reason: reason.clone(),
+            },
+            None => StreamError::Unknown(id),
         }
     }
 
@@ -422,9 +447,17 @@ impl Mux {
                 (Side::Edge, Target::Port(_)) | (Side::Hub, Target::Upstream(_))
             );
             if !theirs || self.streams.contains_key(&id) {
-                self.send_reset(id, ResetCode::ProtocolError, "open with an id the opener may not use");
+                self.send_reset(
+                    id,
+                    ResetCode::ProtocolError,
+                    "open with an id the opener may not use",
+                );
             } else if !allowed {
-                self.send_reset(id, ResetCode::Refused, &format!("{target} cannot be opened from this side"));
+                self.send_reset(
+                    id,
+                    ResetCode::Refused,
+                    &format!("{target} cannot be opened from this side"),
+                );
             } else if self.streams.len() >= self.max_streams {
                 let reason = format!("limit of {} streams reached", self.max_streams);
                 self.send_reset(id, ResetCode::TooManyStreams, &reason);
@@ -564,7 +597,9 @@ mod tests {
     fn open_accept_transfer_half_close() {
         let mut edge = Mux::new(Side::Edge, 8);
         let mut hub = Mux::new(Side::Hub, 8);
-        let id = edge.open(OwnedTarget::Upstream("kube-apiserver".into())).expect("open");
+        let id = edge
+            .open(OwnedTarget::Upstream("kube-apiserver".into()))
+            .expect("open");
         assert_eq!(edge.write(id, b"request").expect("write"), 7);
         edge.shutdown(id).expect("shutdown");
         pump(&mut edge, &mut hub);
@@ -604,18 +639,29 @@ mod tests {
         assert_eq!(edge.write(id, &big).expect("write"), 0);
         pump(&mut edge, &mut hub);
         let mut sink = vec![0u8; INITIAL_WINDOW as usize];
-        assert_eq!(hub.read(id, &mut sink).expect("read"), INITIAL_WINDOW as usize);
+        assert_eq!(
+            hub.read(id, &mut sink).expect("read"),
+            INITIAL_WINDOW as usize
+        );
         pump(&mut hub, &mut edge);
         assert!(events(&mut edge).contains(&StreamEvent::Writable { id }));
-        assert_eq!(edge.write(id, &big).expect("write"), INITIAL_WINDOW as usize);
+        assert_eq!(
+            edge.write(id, &big).expect("write"),
+            INITIAL_WINDOW as usize
+        );
     }
 
     #[test]
     fn streams_take_turns() {
         let mut edge = Mux::new(Side::Edge, 8);
-        let bulk = edge.open(OwnedTarget::Upstream("bulk".into())).expect("open");
-        edge.write(bulk, &vec![0u8; INITIAL_WINDOW as usize]).expect("write");
-        let small = edge.open(OwnedTarget::Upstream("small".into())).expect("open");
+        let bulk = edge
+            .open(OwnedTarget::Upstream("bulk".into()))
+            .expect("open");
+        edge.write(bulk, &vec![0u8; INITIAL_WINDOW as usize])
+            .expect("write");
+        let small = edge
+            .open(OwnedTarget::Upstream("small".into()))
+            .expect("open");
         edge.write(small, b"ping").expect("write");
         // The first batch already carries the small stream's data.
         let mut w = BatchWriter::new(BatchHeader { sender: 1, seq: 1 });
@@ -635,17 +681,35 @@ mod tests {
     fn hostile_frames_reset_streams_not_the_mux() {
         let mut hub = Mux::new(Side::Hub, 2);
         // Edge opens with an even id (the hub's), and a port target.
-        hub.handle(Frame::Open { id: 2, target: Target::Upstream("a") });
-        hub.handle(Frame::Open { id: 3, target: Target::Port(22) });
-        hub.handle(Frame::Data { id: 99, bytes: b"x" });
+        hub.handle(Frame::Open {
+            id: 2,
+            target: Target::Upstream("a"),
+        });
+        hub.handle(Frame::Open {
+            id: 3,
+            target: Target::Port(22),
+        });
+        hub.handle(Frame::Data {
+            id: 99,
+            bytes: b"x",
+        });
         assert!(hub.is_empty());
-        hub.handle(Frame::Open { id: 1, target: Target::Upstream("a") });
+        hub.handle(Frame::Open {
+            id: 1,
+            target: Target::Upstream("a"),
+        });
         let big = vec![0u8; INITIAL_WINDOW as usize + 1];
         hub.handle(Frame::Data { id: 1, bytes: &big });
         assert!(hub.is_reset(1));
         // Limit of streams.
-        hub.handle(Frame::Open { id: 5, target: Target::Upstream("a") });
-        hub.handle(Frame::Open { id: 7, target: Target::Upstream("a") });
+        hub.handle(Frame::Open {
+            id: 5,
+            target: Target::Upstream("a"),
+        });
+        hub.handle(Frame::Open {
+            id: 7,
+            target: Target::Upstream("a"),
+        });
         assert_eq!(hub.len(), 2);
         let mut edge = Mux::new(Side::Edge, 8);
         pump(&mut hub, &mut edge);
@@ -663,7 +727,10 @@ mod tests {
         pump(&mut edge, &mut hub);
         assert!(matches!(
             events(&mut hub).as_slice(),
-            [StreamEvent::Reset { code: ResetCode::Cancelled, .. }]
+            [StreamEvent::Reset {
+                code: ResetCode::Cancelled,
+                ..
+            }]
         ));
         assert!(hub.write(id, b"x").is_err());
     }

@@ -56,6 +56,54 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// Reads the session keys of a `[link]` table over the defaults,
+    /// recording bad values in `errors`. Shared by edge and hub so both
+    /// read the same keys the same way.
+    pub fn read(table: &mut tether_conf::Table<'_>, errors: &mut tether_conf::Errors) -> Config {
+        let d = Config::default();
+        let mut size =
+            |key: &str, default: usize, min: u64, max: u64| match errors.opt(table.bytes(key)) {
+                Some(v) if v < min || v > max => {
+                    errors.push(table.error(key, format!("must be between {min} and {max} bytes")));
+                    default
+                }
+                Some(v) => v as usize,
+                None => default,
+            };
+        let max_packet = size("max_packet", d.max_packet, 4096, 16 << 20);
+        let max_batch = size("max_batch", d.max_batch, 1024, 16 << 20);
+        let mut count = |key: &str, default: usize, max: u64| match errors.opt(table.u64(key)) {
+            Some(v) if v == 0 || v > max => {
+                errors.push(table.error(key, format!("must be between 1 and {max}")));
+                default
+            }
+            Some(v) => v as usize,
+            None => default,
+        };
+        let max_inflight = count("max_inflight", d.max_inflight, 1024);
+        let max_streams = count("max_streams", d.max_streams, 1 << 20);
+        let keepalive = match errors.opt(table.duration("keepalive")) {
+            Some(k) if k < Duration::from_secs(1) || k > Duration::from_secs(65535) => {
+                errors.push(table.error(
+                    "keepalive",
+                    "must be between 1s and 65535s (MQTT keepalive is in whole seconds)",
+                ));
+                d.keepalive
+            }
+            Some(k) => k,
+            None => d.keepalive,
+        };
+        Config {
+            keepalive,
+            max_packet,
+            max_batch,
+            max_inflight,
+            max_streams,
+        }
+    }
+}
+
 /// Something the program should know about the session itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -215,10 +263,13 @@ impl Session {
             Duration::from_secs(u64::from(keep_alive)).mul_f32(1.5)
         };
         self.attach(now, Phase::Up, idle_limit);
-        encode(&mut self.out, &Packet::Connack(Connack {
-            session_present: resumed,
-            code: ConnectReturnCode::Accepted,
-        }));
+        encode(
+            &mut self.out,
+            &Packet::Connack(Connack {
+                session_present: resumed,
+                code: ConnectReturnCode::Accepted,
+            }),
+        );
         let resent = self.resend();
         self.events.push_back(Event::Up { resumed, resent });
     }
@@ -349,14 +400,19 @@ impl Session {
                         }
                     })
                     .collect();
-                encode(&mut self.out, &Packet::Suback(mqtt::Suback {
-                    pid: s.pid,
-                    return_codes: codes,
-                }));
+                encode(
+                    &mut self.out,
+                    &Packet::Suback(mqtt::Suback {
+                        pid: s.pid,
+                        return_codes: codes,
+                    }),
+                );
                 Ok(())
             }
             (Side::Edge, Some(Phase::Up), Packet::Suback(s)) => {
-                if s.return_codes.contains(&mqtt::SubscribeReturnCodes::Failure) {
+                if s.return_codes
+                    .contains(&mqtt::SubscribeReturnCodes::Failure)
+                {
                     return Err(LinkError::Protocol(format!(
                         "subscription to {} refused",
                         self.down_topic
@@ -405,8 +461,10 @@ impl Session {
     fn lose_session(&mut self) {
         self.inflight.clear();
         self.seen.clear();
-        self.mux
-            .reset_all(ResetCode::SessionLost, "the hub restarted and lost the link session");
+        self.mux.reset_all(
+            ResetCode::SessionLost,
+            "the hub restarted and lost the link session",
+        );
         self.events.push_back(Event::SessionLost);
     }
 
@@ -536,7 +594,6 @@ impl Session {
             }
         }
     }
-
 }
 
 /// Appends a packet this side built; only a packet beyond MQTT's size limit

@@ -58,7 +58,8 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 
 /// Reads the private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| err(path, format!("cannot read private key: {e}")))
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| err(path, format!("cannot read private key: {e}")))
 }
 
 fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
@@ -73,10 +74,16 @@ fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
 
 /// The edge's TLS client: trusts only `ca` (the hub's CA), and presents
 /// `identity` (certificate chain and key files) if given.
-pub fn client_config(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<ClientConfig, TlsError> {
+pub fn client_config(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<ClientConfig, TlsError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| TlsError { path: None, message: e.to_string() })?
+        .map_err(|e| TlsError {
+            path: None,
+            message: e.to_string(),
+        })?
         .with_root_certificates(roots(ca)?);
     match identity {
         Some((cert, key)) => builder
@@ -88,16 +95,24 @@ pub fn client_config(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Clie
 
 /// The hub's TLS server: presents `cert`/`key`; with `client_ca`, verifies
 /// client certificates against it (clients without one may still use a token).
-pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<ServerConfig, TlsError> {
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<ServerConfig, TlsError> {
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| TlsError { path: None, message: e.to_string() })?;
+        .map_err(|e| TlsError {
+            path: None,
+            message: e.to_string(),
+        })?;
     let builder = match client_ca {
         Some(ca) => {
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| err(ca, format!("cannot verify clients with this CA: {e}")))?;
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
+                    .allow_unauthenticated()
+                    .build()
+                    .map_err(|e| err(ca, format!("cannot verify clients with this CA: {e}")))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
@@ -179,7 +194,10 @@ mod tests {
     #[test]
     fn garbage_certificates_have_no_name() {
         assert_eq!(subject_common_name(&[]), None);
-        assert_eq!(subject_common_name(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
+        assert_eq!(
+            subject_common_name(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]),
+            None
+        );
         assert_eq!(subject_common_name(&[0x30, 0x02, 0x30, 0x00]), None);
         let mut x = 0x9e37_79b9u32;
         for len in 0..2000 {

@@ -263,7 +263,11 @@ fn foreign_topic_and_subscription_are_refused() {
     let answer = p.hub.transmit(p.now);
     assert_eq!(answer, [0x90, 3, 0, 9, 0x80], "SUBACK with failure");
     assert_eq!(
-        p.hub.poll_event().into_iter().chain(p.hub.poll_event()).last(),
+        p.hub
+            .poll_event()
+            .into_iter()
+            .chain(p.hub.poll_event())
+            .last(),
         Some(Event::ForeignSubscribe {
             topic: "tether/edge-2/down".into()
         })

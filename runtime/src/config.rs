@@ -95,18 +95,27 @@ pub fn parse(text: &str, base: &Path) -> Result<EdgeConfig, Errors> {
             }
         },
         None => {
-            errors.push(root.error("node", "missing: the node's Kubernetes name, e.g. node = \"edge-1\""));
+            errors.push(root.error(
+                "node",
+                "missing: the node's Kubernetes name, e.g. node = \"edge-1\"",
+            ));
             None
         }
     };
-    let log_level = errors.opt(root.str("log_level")).unwrap_or("info").to_owned();
+    let log_level = errors
+        .opt(root.str("log_level"))
+        .unwrap_or("info")
+        .to_owned();
     if log_level.parse::<log::LevelFilter>().is_err() {
         errors.push(root.error("log_level", "must be error, warn, info, debug or trace"));
     }
     let hub = match errors.opt(root.table("hub")) {
         Some(mut t) => read_hub(&mut t, base, &mut errors),
         None => {
-            errors.push(root.error("hub", "missing [hub] table with at least address = \"host:port\""));
+            errors.push(root.error(
+                "hub",
+                "missing [hub] table with at least address = \"host:port\"",
+            ));
             None
         }
     };
@@ -121,7 +130,8 @@ pub fn parse(text: &str, base: &Path) -> Result<EdgeConfig, Errors> {
             for p in ports {
                 match u16::try_from(p) {
                     Ok(p) if p > 0 => allow_ports.push(p),
-                    _ => errors.push(t.error("allow_ports", format!("{p} is not a TCP port (1-65535)"))),
+                    _ => errors
+                        .push(t.error("allow_ports", format!("{p} is not a TCP port (1-65535)"))),
                 }
             }
         }
@@ -132,18 +142,27 @@ pub fn parse(text: &str, base: &Path) -> Result<EdgeConfig, Errors> {
             Some(l) => match l.parse::<SocketAddr>() {
                 Ok(a) => Some(a),
                 Err(_) => {
-                    errors.push(t.error("listen", format!("{l:?} is not an address like \"127.0.0.1:6443\"")));
+                    errors.push(t.error(
+                        "listen",
+                        format!("{l:?} is not an address like \"127.0.0.1:6443\""),
+                    ));
                     None
                 }
             },
             None => {
-                errors.push(t.error("listen", "missing: address to listen on, e.g. \"127.0.0.1:16443\""));
+                errors.push(t.error(
+                    "listen",
+                    "missing: address to listen on, e.g. \"127.0.0.1:16443\"",
+                ));
                 None
             }
         };
         let upstream = errors.opt(t.str("upstream"));
         if upstream.is_none() {
-            errors.push(t.error("upstream", "missing: name of an upstream in the hub's config"));
+            errors.push(t.error(
+                "upstream",
+                "missing: name of an upstream in the hub's config",
+            ));
         }
         if let (Some(listen), Some(upstream)) = (listen, upstream) {
             forwards.push(Forward {
@@ -164,7 +183,11 @@ pub fn parse(text: &str, base: &Path) -> Result<EdgeConfig, Errors> {
             forwards,
         }),
         // Both are reported above whenever missing.
-        _ => Err(Errors(vec![tether_conf::Error::new(None, None, "incomplete config")])),
+        _ => Err(Errors(vec![tether_conf::Error::new(
+            None,
+            None,
+            "incomplete config",
+        )])),
     }
 }
 
@@ -175,7 +198,10 @@ fn read_hub(t: &mut Table<'_>, base: &Path, errors: &mut Errors) -> Option<Hub> 
     }
     let address = address?.to_owned();
     let Some((host, port)) = address.rsplit_once(':') else {
-        errors.push(t.error("address", format!("{address:?} has no port; write \"host:port\"")));
+        errors.push(t.error(
+            "address",
+            format!("{address:?} has no port; write \"host:port\""),
+        ));
         return None;
     };
     if port.parse::<u16>().is_err() || host.is_empty() {
@@ -197,7 +223,9 @@ fn read_hub(t: &mut Table<'_>, base: &Path, errors: &mut Errors) -> Option<Hub> 
     let credentials = match (cert, key, token_file) {
         (Some(cert), Some(key), None) => Some(Credentials::Certificate { cert, key }),
         (None, None, Some(file)) => match std::fs::read_to_string(&file) {
-            Ok(token) if !token.trim().is_empty() => Some(Credentials::Token(token.trim().to_owned())),
+            Ok(token) if !token.trim().is_empty() => {
+                Some(Credentials::Token(token.trim().to_owned()))
+            }
             Ok(_) => {
                 errors.push(t.error("token_file", format!("{} is empty", file.display())));
                 None
@@ -267,13 +295,19 @@ mod tests {
     use super::*;
 
     fn errors(text: &str) -> String {
-        parse(text, Path::new("/")).map(|_| ()).expect_err("should fail").to_string()
+        parse(text, Path::new("/"))
+            .map(|_| ())
+            .expect_err("should fail")
+            .to_string()
     }
 
     #[test]
     fn minimal_plaintext() {
-        let c = parse("node = \"edge-1\"\n[hub]\naddress = \"127.0.0.1:7443\"\nplaintext = true\n", Path::new("/"))
-            .expect("valid");
+        let c = parse(
+            "node = \"edge-1\"\n[hub]\naddress = \"127.0.0.1:7443\"\nplaintext = true\n",
+            Path::new("/"),
+        )
+        .expect("valid");
         assert_eq!(c.node.as_str(), "edge-1");
         assert_eq!(c.allow_ports, vec![10250]);
         assert_eq!(c.hub.server_name, "127.0.0.1");

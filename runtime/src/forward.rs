@@ -7,21 +7,32 @@
 
 use crate::config::Forward;
 use log::{debug, info, warn};
-use std::rc::Rc;
 use smol::net::TcpListener;
+use std::rc::Rc;
 use tether_link::io::{splice, Link};
 use tether_link::mux::OwnedTarget;
 
 /// Binds the forward's port. Binding early lets startup fail loudly.
 pub async fn bind(forward: &Forward) -> Result<TcpListener, String> {
-    TcpListener::bind(forward.listen)
-        .await
-        .map_err(|e| format!("forward {} -> {}: cannot listen: {e}", forward.listen, forward.upstream))
+    TcpListener::bind(forward.listen).await.map_err(|e| {
+        format!(
+            "forward {} -> {}: cannot listen: {e}",
+            forward.listen, forward.upstream
+        )
+    })
 }
 
 /// Accepts connections on `listener` forever, one task per connection.
-pub async fn serve(ex: Rc<smol::LocalExecutor<'static>>, link: Link, listener: TcpListener, forward: Forward) {
-    info!("forwarding {} to hub upstream {:?}", forward.listen, forward.upstream);
+pub async fn serve(
+    ex: Rc<smol::LocalExecutor<'static>>,
+    link: Link,
+    listener: TcpListener,
+    forward: Forward,
+) {
+    info!(
+        "forwarding {} to hub upstream {:?}",
+        forward.listen, forward.upstream
+    );
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -36,7 +47,10 @@ pub async fn serve(ex: Rc<smol::LocalExecutor<'static>>, link: Link, listener: T
         let stream = match link.open(OwnedTarget::Upstream(forward.upstream.clone())) {
             Ok(s) => s,
             Err(e) => {
-                warn!("forward {}: cannot open a stream for {peer}: {e}", forward.listen);
+                warn!(
+                    "forward {}: cannot open a stream for {peer}: {e}",
+                    forward.listen
+                );
                 continue;
             }
         };

@@ -63,7 +63,10 @@ CONFIG FILE (a strict TOML subset; unknown keys are errors):
 ";
 
 enum Command {
-    Run { config: PathBuf, log_level: Option<String> },
+    Run {
+        config: PathBuf,
+        log_level: Option<String>,
+    },
     Check(PathBuf),
     Help,
     Version,
@@ -158,12 +161,22 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> 
             env!("CARGO_PKG_VERSION"),
             cfg.node,
             cfg.hub.address,
-            if cfg.hub.plaintext { " (plaintext: tests only)" } else { "" }
+            if cfg.hub.plaintext {
+                " (plaintext: tests only)"
+            } else {
+                ""
+            }
         );
         for (listener, f) in listeners {
-            ex.spawn(forward::serve(ex.clone(), link.clone(), listener, f)).detach();
+            ex.spawn(forward::serve(ex.clone(), link.clone(), listener, f))
+                .detach();
         }
-        ex.spawn(services::serve(ex.clone(), link.clone(), cfg.allow_ports.clone())).detach();
+        ex.spawn(services::serve(
+            ex.clone(),
+            link.clone(),
+            cfg.allow_ports.clone(),
+        ))
+        .detach();
         uplink::run(link.clone(), cfg.hub.clone(), cfg.link.clone(), tls).await;
         Ok(())
     }))

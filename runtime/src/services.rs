@@ -2,15 +2,15 @@
 //! and only to ports the config allows (by default only the kubelet's), so
 //! the cloud cannot reach arbitrary ports on the board.
 
+use futures_lite::FutureExt;
 use log::{debug, info};
-use std::rc::Rc;
 use smol::net::TcpStream;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::rc::Rc;
 use std::time::Duration;
 use tether_link::frame::ResetCode;
 use tether_link::io::{splice, Link, LinkStream};
 use tether_link::mux::OwnedTarget;
-use futures_lite::FutureExt;
 
 /// How long dialing a local port may take before the stream is refused.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -23,11 +23,17 @@ pub async fn serve(ex: Rc<smol::LocalExecutor<'static>>, link: Link, allow_ports
             OwnedTarget::Port(p) if allow_ports.contains(&p) => p,
             OwnedTarget::Port(p) => {
                 info!("hub asked for local port {p}, which services.allow_ports does not allow: refused");
-                stream.refuse(ResetCode::Refused, &format!("port {p} is not in services.allow_ports of this edge"));
+                stream.refuse(
+                    ResetCode::Refused,
+                    &format!("port {p} is not in services.allow_ports of this edge"),
+                );
                 continue;
             }
             OwnedTarget::Upstream(name) => {
-                stream.refuse(ResetCode::Refused, &format!("edges serve ports, not upstream {name:?}"));
+                stream.refuse(
+                    ResetCode::Refused,
+                    &format!("edges serve ports, not upstream {name:?}"),
+                );
                 continue;
             }
         };

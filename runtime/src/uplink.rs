@@ -18,8 +18,8 @@ use tether_link::backoff::{random_seed, Backoff};
 use tether_link::io::{DriveError, Link};
 use tether_link::mux::Side;
 use tether_link::session::{Event, Session};
-use tether_link::topic::NodeName;
 use tether_link::tls;
+use tether_link::topic::NodeName;
 
 /// A link that stayed up this long counts as healthy: backoff starts over.
 const HEALTHY_AFTER: Duration = Duration::from_secs(30);
@@ -39,7 +39,10 @@ pub fn tls_connector(hub: &Hub) -> Result<Option<TlsConnector>, String> {
     if hub.plaintext {
         return Ok(None);
     }
-    let ca = hub.ca.as_deref().ok_or("hub.ca is required without plaintext")?;
+    let ca = hub
+        .ca
+        .as_deref()
+        .ok_or("hub.ca is required without plaintext")?;
     let identity = match &hub.credentials {
         Some(Credentials::Certificate { cert, key }) => Some((cert.as_path(), key.as_path())),
         _ => None,
@@ -69,7 +72,11 @@ pub async fn run(link: Link, hub: Hub, cfg: LinkConfig, tls: Option<TlsConnector
                 let reason = drive(&link, conn, &hub, &mut went_up, failures).await;
                 let lasted = started.elapsed();
                 if went_up {
-                    warn!("link to {} down after {:.1} s: {reason}", hub.address, lasted.as_secs_f32());
+                    warn!(
+                        "link to {} down after {:.1} s: {reason}",
+                        hub.address,
+                        lasted.as_secs_f32()
+                    );
                     failures = 0;
                     if lasted >= HEALTHY_AFTER {
                         backoff.reset();
@@ -85,7 +92,11 @@ pub async fn run(link: Link, hub: Hub, cfg: LinkConfig, tls: Option<TlsConnector
             }
         }
         let delay = backoff.next_delay();
-        debug!("reconnecting to {} in {:.2} s", hub.address, delay.as_secs_f32());
+        debug!(
+            "reconnecting to {} in {:.2} s",
+            hub.address,
+            delay.as_secs_f32()
+        );
         async_io::Timer::after(delay).await;
     }
 }
@@ -93,11 +104,20 @@ pub async fn run(link: Link, hub: Hub, cfg: LinkConfig, tls: Option<TlsConnector
 /// Logs a failed attempt once per streak, then now and then, not per retry.
 fn report_failure(hub: &Hub, failures: u32, reason: &str) {
     if failures == 1 {
-        warn!("cannot link to {}: {reason}; retrying with backoff", hub.address);
+        warn!(
+            "cannot link to {}: {reason}; retrying with backoff",
+            hub.address
+        );
     } else if failures.is_power_of_two() {
-        info!("still cannot link to {} after {failures} attempts: {reason}", hub.address);
+        info!(
+            "still cannot link to {} after {failures} attempts: {reason}",
+            hub.address
+        );
     } else {
-        debug!("attempt {failures} to link to {} failed: {reason}", hub.address);
+        debug!(
+            "attempt {failures} to link to {} failed: {reason}",
+            hub.address
+        );
     }
 }
 
@@ -175,7 +195,9 @@ async fn drive(link: &Link, conn: Conn, hub: &Hub, went_up: &mut bool, failures:
                     }
                 }
                 Event::SessionLost => {
-                    warn!("the hub lost this node's session (hub restart): open streams were reset");
+                    warn!(
+                        "the hub lost this node's session (hub restart): open streams were reset"
+                    );
                 }
                 Event::ForeignSubscribe { .. } => {}
             }

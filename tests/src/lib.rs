@@ -1,2 +1,5 @@
 //! Test support for the system tests.
+pub mod echo;
 pub mod faultproxy;
+pub mod pki;
+pub mod procs;

@@ -1,0 +1,311 @@
+//! The hub's configuration file: where it listens, how it authenticates
+//! nodes, which upstreams edges may reach, and its limits.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tether_conf::{Document, Errors, Table};
+use tether_link::session;
+use tether_link::topic::NodeName;
+
+/// TLS settings of the link listener.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// The hub's serving certificate chain.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// CA for node client certificates; without it only tokens work.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// An upstream edges may open streams to, by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// `host:port` the hub dials.
+    pub address: String,
+    /// Limit for that dial.
+    pub connect_timeout: Duration,
+}
+
+/// A cloud-side port that reaches a port on one edge board.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expose {
+    /// Where the hub listens.
+    pub listen: SocketAddr,
+    /// The node whose port is reached.
+    pub node: NodeName,
+    /// The port on the board (the edge's allow_ports must list it).
+    pub port: u16,
+}
+
+/// Limits that protect the hub from hostile or broken peers.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// TLS handshake plus CONNECT must finish within this (slowloris).
+    pub handshake_timeout: Duration,
+    /// Connections still in handshake at once; more are closed at once.
+    pub max_handshakes: usize,
+    /// Links up at once.
+    pub max_links: usize,
+    /// How long a node's session is kept after its link dropped.
+    pub session_expiry: Duration,
+}
+
+/// Everything the hub reads from its config file.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// error, warn, info, debug or trace.
+    pub log_level: String,
+    /// Where edges link in.
+    pub listen_link: SocketAddr,
+    /// Where /healthz, /metrics and /nodes are served.
+    pub listen_admin: Option<SocketAddr>,
+    /// `None`: plaintext links (tests only).
+    pub tls: Option<Tls>,
+    /// Token file: lines `<node> <token>`.
+    pub token_file: Option<PathBuf>,
+    /// Limits.
+    pub limits: Limits,
+    /// Session settings (keepalive used when an edge announces none).
+    pub session: session::Config,
+    /// Named upstreams.
+    pub upstreams: BTreeMap<String, Upstream>,
+    /// Exposed edge ports.
+    pub exposes: Vec<Expose>,
+}
+
+/// Reads and checks the config file at `path`.
+pub fn load(path: &Path) -> Result<HubConfig, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    parse(&text, path.parent().unwrap_or(Path::new(".")))
+        .map_err(|e| format!("{}:\n{e}", path.display()))
+}
+
+fn addr(t: &mut Table<'_>, key: &str, errors: &mut Errors) -> Option<SocketAddr> {
+    let text = errors.opt(t.str(key))?;
+    match text.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            errors.push(t.error(
+                key,
+                format!("{text:?} is not an address like \"0.0.0.0:7443\""),
+            ));
+            None
+        }
+    }
+}
+
+/// Parses config text; relative paths are taken from `base`.
+pub fn parse(text: &str, base: &Path) -> Result<HubConfig, Errors> {
+    let doc = Document::parse(text)?;
+    let mut errors = Errors::new();
+    let mut root = doc.root();
+    let log_level = errors
+        .opt(root.str("log_level"))
+        .unwrap_or("info")
+        .to_owned();
+    if log_level.parse::<log::LevelFilter>().is_err() {
+        errors.push(root.error("log_level", "must be error, warn, info, debug or trace"));
+    }
+    let (listen_link, listen_admin) = match errors.opt(root.table("listen")) {
+        Some(mut t) => {
+            let link = addr(&mut t, "link", &mut errors);
+            if link.is_none() && t.line_of("link").is_none() {
+                errors.push(t.error(
+                    "link",
+                    "missing: address edges link to, e.g. \"0.0.0.0:7443\"",
+                ));
+            }
+            (link, addr(&mut t, "admin", &mut errors))
+        }
+        None => {
+            errors.push(root.error("listen", "missing [listen] table with link = \"host:port\""));
+            (None, None)
+        }
+    };
+    let tls = match errors.opt(root.table("tls")) {
+        Some(mut t) => {
+            let plaintext = errors.opt(t.bool("plaintext")).unwrap_or(false);
+            let mut path = |key: &str| errors.opt(t.str(key)).map(|p| base.join(p));
+            let cert = path("cert");
+            let key = path("key");
+            let client_ca = path("client_ca");
+            match (plaintext, cert, key) {
+                (true, None, None) => None,
+                (false, Some(cert), Some(key)) => Some(Tls {
+                    cert,
+                    key,
+                    client_ca,
+                }),
+                (true, _, _) => {
+                    errors.push(t.error("plaintext", "plaintext = true cannot go with cert/key"));
+                    None
+                }
+                (false, _, _) => {
+                    errors.push(t.error(
+                        "cert",
+                        "cert and key are both required (or plaintext = true for tests)",
+                    ));
+                    None
+                }
+            }
+        }
+        None => {
+            errors.push(root.error("tls", "missing [tls] table with cert and key"));
+            None
+        }
+    };
+    let token_file = match errors.opt(root.table("auth")) {
+        Some(mut t) => errors.opt(t.str("token_file")).map(|p| base.join(p)),
+        None => None,
+    };
+    let limits = {
+        let mut t = errors.opt(root.table("limits"));
+        let mut dur = |key: &str, d: Duration| match t.as_mut() {
+            Some(t) => match errors.opt(t.duration(key)) {
+                Some(v) if v.is_zero() => {
+                    errors.push(t.error(key, "must be more than 0s"));
+                    d
+                }
+                Some(v) => v,
+                None => d,
+            },
+            None => d,
+        };
+        let handshake_timeout = dur("handshake_timeout", Duration::from_secs(10));
+        let session_expiry = dur("session_expiry", Duration::from_secs(600));
+        let mut count = |key: &str, d: usize| match t.as_mut() {
+            Some(t) => match errors.opt(t.u64(key)) {
+                Some(0) => {
+                    errors.push(t.error(key, "must be at least 1"));
+                    d
+                }
+                Some(v) => usize::try_from(v).unwrap_or(usize::MAX),
+                None => d,
+            },
+            None => d,
+        };
+        Limits {
+            handshake_timeout,
+            max_handshakes: count("max_handshakes", 1024),
+            max_links: count("max_links", 50_000),
+            session_expiry,
+        }
+    };
+    let session = match errors.opt(root.table("link")) {
+        Some(mut t) => session::Config::read(&mut t, &mut errors),
+        None => session::Config::default(),
+    };
+    let mut upstreams = BTreeMap::new();
+    for (name, mut t) in errors.take(root.sub_tables("upstream")).unwrap_or_default() {
+        let address = errors.opt(t.str("address"));
+        if address.is_none() {
+            errors.push(t.error(
+                "address",
+                "missing: host:port the hub dials for this upstream",
+            ));
+        }
+        let connect_timeout = errors
+            .opt(t.duration("connect_timeout"))
+            .unwrap_or(Duration::from_secs(5));
+        if let Some(address) = address {
+            if !address.contains(':') {
+                errors.push(t.error("address", format!("{address:?} has no port")));
+            }
+            upstreams.insert(
+                name.to_owned(),
+                Upstream {
+                    address: address.to_owned(),
+                    connect_timeout,
+                },
+            );
+        }
+    }
+    let mut exposes = Vec::new();
+    for mut t in errors.take(root.tables("expose")).unwrap_or_default() {
+        let listen = addr(&mut t, "listen", &mut errors);
+        let node = errors
+            .opt(t.str("node"))
+            .and_then(|n| match NodeName::new(n) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    errors.push(t.error("node", e.to_string()));
+                    None
+                }
+            });
+        let port = errors
+            .opt(t.u64("port"))
+            .and_then(|p| match u16::try_from(p) {
+                Ok(p) if p > 0 => Some(p),
+                _ => {
+                    errors.push(t.error("port", format!("{p} is not a TCP port")));
+                    None
+                }
+            });
+        match (listen, node, port) {
+            (Some(listen), Some(node), Some(port)) => exposes.push(Expose { listen, node, port }),
+            _ => errors.push(t.error("", "an [[expose]] needs listen, node and port")),
+        }
+    }
+    errors.take(root.finish());
+    errors.into_result()?;
+    let listen_link = listen_link.ok_or_else(|| {
+        Errors(vec![tether_conf::Error::new(
+            None,
+            Some("listen.link".into()),
+            "missing",
+        )])
+    })?;
+    Ok(HubConfig {
+        log_level,
+        listen_link,
+        listen_admin,
+        tls,
+        token_file,
+        limits,
+        session,
+        upstreams,
+        exposes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_config() {
+        let c = parse(
+            "[listen]\nlink = \"127.0.0.1:7443\"\nadmin = \"127.0.0.1:7080\"\n[tls]\ncert = \"hub.pem\"\nkey = \"hub-key.pem\"\nclient_ca = \"ca.pem\"\n[auth]\ntoken_file = \"tokens\"\n[upstream.kube-apiserver]\naddress = \"127.0.0.1:6443\"\n[[expose]]\nlisten = \"127.0.0.1:2222\"\nnode = \"edge-1\"\nport = 22\n",
+            Path::new("/etc/tether"),
+        )
+        .expect("valid");
+        assert_eq!(
+            c.tls.expect("tls").client_ca,
+            Some(PathBuf::from("/etc/tether/ca.pem"))
+        );
+        assert_eq!(c.upstreams["kube-apiserver"].address, "127.0.0.1:6443");
+        assert_eq!(c.exposes[0].port, 22);
+    }
+
+    #[test]
+    fn errors_with_lines() {
+        let e = parse(
+            "[listen]\nlink = \"nowhere\"\n[tls]\nplaintext = true\n[limits]\nmax_links = 0\nspeed = 3\n[upstream.x]\nconnect_timeout = \"1s\"\n",
+            Path::new("/"),
+        )
+        .expect_err("invalid")
+        .to_string();
+        for needle in [
+            "line 2: listen.link:",
+            "line 6: limits.max_links:",
+            "line 7: limits.speed: unknown key",
+            "upstream.x.address: missing",
+        ] {
+            assert!(e.contains(needle), "{needle:?} not in:\n{e}");
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! tether-hub: the cloud end of every edge's link.
+//!
+//! - [`config`]: the hub's config file.
+//! - [`auth`]: node tokens, certificates, and the verdict on each CONNECT.
+//! - [`registry`]: nodes, their sessions and counters.
+//! - [`links`]: the link listener: handshake under deadline, attach, drive.
+//! - [`upstream`]: streams edges open to the hub's named upstreams.
+//! - [`expose`]: cloud-side ports that reach a port on an edge.
+//! - [`admin`]: `/healthz`, `/metrics`, `/nodes`.
+
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod expose;
+pub mod links;
+pub mod registry;
+pub mod upstream;

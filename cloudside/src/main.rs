@@ -1,0 +1,217 @@
+//! The tether-hub program: reads its config, listens for links, relays
+//! streams, serves its admin port, all on one thread.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::rc::Rc;
+use tether_hub::{admin, auth, config, expose, links};
+
+const HELP: &str = "\
+tether-hub: the cloud end of Tether. Accepts one MQTT-framed TLS link per
+edge node, authenticates it, and relays the streams it carries.
+
+USAGE:
+    tether-hub [run] [--config FILE] [--log-level LEVEL]
+    tether-hub check-config FILE
+    tether-hub --help | --version
+
+COMMANDS:
+    run             Run the hub (the default).
+    check-config    Check a config file, print every error with its line
+                    and key, exit 0 if valid, 1 if not.
+
+OPTIONS:
+    -c, --config FILE      Config file [default: /etc/tether/hub.toml]
+    --log-level LEVEL      error, warn, info, debug or trace; overrides
+                           log_level from the file.
+    -h, --help             This text.
+    -V, --version          The version.
+
+CONFIG FILE (a strict TOML subset; unknown keys are errors):
+    log_level = \"info\"
+
+    [listen]
+    link = \"0.0.0.0:7443\"           Where edges link in (required).
+    admin = \"127.0.0.1:7080\"        /healthz, /metrics, /nodes (optional).
+
+    [tls]
+    cert = \"hub.pem\"                Serving certificate chain and key.
+    key = \"hub-key.pem\"
+    client_ca = \"ca.pem\"            CA of node client certificates (subject
+                                    CN system:node:<name>); without it,
+                                    nodes authenticate by token only.
+    plaintext = false               No TLS: only for tests on loopback.
+
+    [auth]
+    token_file = \"tokens\"           Lines \"<node> <token>\" (token of 16+
+                                    characters); '#' starts a comment.
+
+    [limits]
+    handshake_timeout = \"10s\"       TLS plus CONNECT must finish within.
+    max_handshakes = 1024           Connections in handshake at once.
+    max_links = 50000               Links up at once.
+    session_expiry = \"10m\"          Session kept this long after a link
+                                    drops, for the node to resume it.
+
+    [link]                          Same keys as the edge's [link] session
+    keepalive = \"60s\"               settings: used when an edge announces
+    max_inflight = 16               keepalive 0, and for what the hub
+    max_batch = \"64KiB\"             sends and accepts.
+    max_packet = \"128KiB\"
+    max_streams = 4096
+
+    [upstream.NAME]                 Repeatable: what edges may reach, by
+    address = \"10.0.0.1:6443\"       name (e.g. kube-apiserver). The hub
+    connect_timeout = \"5s\"          dials only these addresses.
+
+    [[expose]]                      Repeatable: a cloud-side port that
+    listen = \"127.0.0.1:2222\"       reaches a port on one edge (the edge's
+    node = \"edge-1\"                 services.allow_ports must list it).
+    port = 22
+";
+
+enum Command {
+    Run {
+        config: PathBuf,
+        log_level: Option<String>,
+    },
+    Check(PathBuf),
+    Help,
+    Version,
+}
+
+fn parse_args(args: &[String]) -> Result<Command, String> {
+    let mut config = PathBuf::from("/etc/tether/hub.toml");
+    let mut log_level = None;
+    let mut check = false;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "-h" | "--help" | "help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            "run" => {}
+            "check-config" => {
+                check = true;
+                config = PathBuf::from(it.next().ok_or("check-config needs a FILE")?);
+            }
+            "-c" | "--config" => config = PathBuf::from(it.next().ok_or("--config needs a FILE")?),
+            "--log-level" => {
+                log_level = Some(it.next().ok_or("--log-level needs a LEVEL")?.clone())
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(if check {
+        Command::Check(config)
+    } else {
+        Command::Run { config, log_level }
+    })
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match parse_args(&args) {
+        Err(e) => {
+            eprintln!("tether-hub: {e}\nTry 'tether-hub --help'.");
+            ExitCode::from(2)
+        }
+        Ok(Command::Help) => {
+            print!("{HELP}");
+            ExitCode::SUCCESS
+        }
+        Ok(Command::Version) => {
+            println!("tether-hub {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Ok(Command::Check(path)) => match config::load(&path) {
+            Ok(_) => {
+                println!("{}: valid", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(Command::Run { config, log_level }) => match run(&config, log_level) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tether-hub: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> {
+    let cfg = config::load(path)?;
+    tether_link::logger::init(log_level.as_deref().unwrap_or(&cfg.log_level))?;
+    let tokens = match &cfg.token_file {
+        Some(f) => auth::Tokens::load(f)?,
+        None => auth::Tokens::default(),
+    };
+    let tls = match &cfg.tls {
+        Some(t) => {
+            let sc = tether_link::tls::server_config(&t.cert, &t.key, t.client_ca.as_deref())
+                .map_err(|e| e.to_string())?;
+            Some(futures_rustls::TlsAcceptor::from(std::sync::Arc::new(sc)))
+        }
+        None => None,
+    };
+    if tokens.is_empty() && cfg.tls.as_ref().is_none_or(|t| t.client_ca.is_none()) {
+        return Err(
+            "no way for nodes to authenticate: set auth.token_file, or tls.client_ca".into(),
+        );
+    }
+    let ex = Rc::new(smol::LocalExecutor::new());
+    smol::block_on(ex.run(async {
+        let link_listener = smol::net::TcpListener::bind(cfg.listen_link)
+            .await
+            .map_err(|e| format!("listen.link {}: {e}", cfg.listen_link))?;
+        let admin_listener = match cfg.listen_admin {
+            Some(a) => Some(
+                smol::net::TcpListener::bind(a)
+                    .await
+                    .map_err(|e| format!("listen.admin {a}: {e}"))?,
+            ),
+            None => None,
+        };
+        let mut expose_listeners = Vec::new();
+        for e in &cfg.exposes {
+            let l = smol::net::TcpListener::bind(e.listen)
+                .await
+                .map_err(|err| format!("expose {}: {err}", e.listen))?;
+            expose_listeners.push((l, e.clone()));
+        }
+        log::info!(
+            "tether-hub {} listening for links on {}{}; admin on {}; {} node tokens, {} upstreams",
+            env!("CARGO_PKG_VERSION"),
+            cfg.listen_link,
+            if cfg.tls.is_none() {
+                " (plaintext: tests only)"
+            } else {
+                " (TLS 1.3)"
+            },
+            cfg.listen_admin.map_or("-".to_string(), |a| a.to_string()),
+            tokens.len(),
+            cfg.upstreams.len()
+        );
+        let hub = Rc::new(links::Hub {
+            cfg: cfg.clone(),
+            tokens,
+            tls,
+            registry: Default::default(),
+            ex: ex.clone(),
+            sender: tether_link::backoff::random_seed() as u32,
+        });
+        if let Some(l) = admin_listener {
+            ex.spawn(admin::serve(hub.clone(), l)).detach();
+        }
+        for (l, e) in expose_listeners {
+            ex.spawn(expose::serve(hub.clone(), l, e)).detach();
+        }
+        ex.spawn(links::expire_sessions(hub.clone())).detach();
+        links::serve(hub, link_listener).await;
+        Ok(())
+    }))
+}

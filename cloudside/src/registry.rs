@@ -1,0 +1,67 @@
+//! Every node the hub knows: its session (which outlives connections), its
+//! link state and counters, and the hub-wide counters.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::{Instant, SystemTime};
+use tether_link::io::Link;
+use tether_link::topic::NodeName;
+
+/// One node's session and link state.
+pub struct Node {
+    /// The session, shared with its driver and stream tasks.
+    pub link: Link,
+    /// A connection currently drives the session.
+    pub linked: bool,
+    /// When the current (or last) link came up.
+    pub linked_since: Option<SystemTime>,
+    /// When the last link went down.
+    pub down_since: Option<(Instant, SystemTime)>,
+    /// Links accepted for this session so far (reconnects = links - 1).
+    pub links: u64,
+    /// Where the current link comes from.
+    pub remote: Option<SocketAddr>,
+    /// How it authenticated.
+    pub auth: &'static str,
+    /// Serves the streams this node opens; dropped with the session.
+    pub server: Option<smol::Task<()>>,
+}
+
+/// Hub-wide counters, for /metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// TCP connections accepted on the link port.
+    pub connections: u64,
+    /// Connections in TLS handshake or before CONNECT.
+    pub handshakes: usize,
+    /// Links refused by reason label.
+    pub refused: BTreeMap<&'static str, u64>,
+    /// Connections dropped before or at CONNECT by reason label.
+    pub dropped: BTreeMap<&'static str, u64>,
+}
+
+/// All nodes and counters.
+#[derive(Default)]
+pub struct Registry {
+    /// Nodes by name.
+    pub nodes: HashMap<NodeName, Node>,
+    /// Hub-wide counters.
+    pub counters: Counters,
+}
+
+impl Registry {
+    /// Links up now.
+    pub fn links_up(&self) -> usize {
+        self.nodes.values().filter(|n| n.linked).count()
+    }
+
+    /// Counts a refusal.
+    pub fn refused(&mut self, label: &'static str) {
+        *self.counters.refused.entry(label).or_default() += 1;
+    }
+
+    /// Counts a connection dropped before a link formed.
+    pub fn dropped(&mut self, label: &'static str) {
+        *self.counters.dropped.entry(label).or_default() += 1;
+    }
+}

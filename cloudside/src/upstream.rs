@@ -1,0 +1,91 @@
+//! Streams edges open towards the hub's named upstreams.
+//!
+//! The edge names an upstream; the hub dials the address its own config
+//! gives for that name and splices bytes. An edge can never make the hub
+//! dial an address of its choosing.
+
+use crate::links::Hub;
+use futures_lite::FutureExt;
+use log::{debug, info, warn};
+use smol::net::TcpStream;
+use std::rc::Rc;
+use tether_link::frame::ResetCode;
+use tether_link::io::{splice, Link, LinkStream};
+use tether_link::mux::OwnedTarget;
+use tether_link::session::Event;
+use tether_link::topic::NodeName;
+
+/// Serves one node's incoming streams and session events for as long as
+/// its session lives.
+pub async fn serve(hub: Rc<Hub>, node: NodeName, link: Link) {
+    let events = async {
+        loop {
+            match link.next_event().await {
+                Event::ForeignSubscribe { topic } => {
+                    warn!("node {node} tried to subscribe to {topic:?}, which is not its own topic: refused")
+                }
+                Event::Up { resent, .. } if resent > 0 => {
+                    debug!("node {node}: {resent} unacknowledged publishes resent")
+                }
+                Event::Up { .. } | Event::SessionLost => {}
+            }
+        }
+    };
+    let streams = async {
+        loop {
+            let (stream, target) = link.accept().await;
+            match target {
+                OwnedTarget::Upstream(name) => {
+                    hub.ex
+                        .spawn(relay(hub.clone(), node.clone(), stream, name))
+                        .detach();
+                }
+                OwnedTarget::Port(_) => {
+                    stream.refuse(ResetCode::Refused, "the hub has no ports to open");
+                }
+            }
+        }
+    };
+    events.or(streams).await
+}
+
+async fn relay(hub: Rc<Hub>, node: NodeName, stream: LinkStream, name: String) {
+    let Some(upstream) = hub.cfg.upstreams.get(&name).cloned() else {
+        info!("node {node} asked for upstream {name:?}, which this hub does not have");
+        stream.refuse(
+            ResetCode::UnknownTarget,
+            &format!("no upstream named {name:?} in the hub's config"),
+        );
+        return;
+    };
+    let timeout = upstream.connect_timeout;
+    let tcp = TcpStream::connect(upstream.address.as_str())
+        .or(async {
+            async_io::Timer::after(timeout).await;
+            Err(std::io::ErrorKind::TimedOut.into())
+        })
+        .await;
+    let tcp = match tcp {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(
+                "node {node}: upstream {name} ({}) unreachable: {e}",
+                upstream.address
+            );
+            stream.refuse(
+                ResetCode::ConnectFailed,
+                &format!("upstream {name} unreachable: {e}"),
+            );
+            return;
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    stream.accept();
+    let id = stream.id();
+    match splice(stream, tcp).await {
+        Ok((up, down)) => {
+            debug!("node {node} stream {id} to {name}: closed, {up} bytes up, {down} down")
+        }
+        Err(e) => debug!("node {node} stream {id} to {name}: {e}"),
+    }
+}
