@@ -141,6 +141,10 @@ struct Stream {
     reset: Option<(ResetCode, String)>,
     /// Already in `Mux::ready`.
     queued: bool,
+    /// The application released the stream after shutting down writing:
+    /// its data and FIN still go out, then the stream goes. Data arriving
+    /// for it has no reader and resets it.
+    orphan: bool,
 }
 
 /// All streams of one link.
@@ -342,15 +346,28 @@ impl Mux {
     /// The application is done with the stream. A stream closed cleanly both
     /// ways just goes; anything else is reset towards the peer, as TCP
     /// does when a socket is closed with unread data.
+    ///
+    /// A stream shut down for writing is not cut short: what was written
+    /// and the FIN still go out (as TCP sends its buffer after close).
     pub fn release(&mut self, id: StreamId) {
         if self.lost.remove(&id).is_some() {
             return;
         }
-        let Some(s) = self.streams.remove(&id) else {
+        let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
-        let clean = s.fin_sent && s.fin_received && s.recv_buf.is_empty();
-        if s.reset.is_none() && !clean {
+        let unread = !s.recv_buf.is_empty();
+        if s.reset.is_none() && s.fin_queued && !unread {
+            if s.fin_sent && s.fin_received {
+                self.streams.remove(&id);
+            } else {
+                s.orphan = true;
+            }
+            return;
+        }
+        let reset = s.reset.is_some();
+        self.streams.remove(&id);
+        if !reset {
             self.send_reset(id, ResetCode::Cancelled, "closed by the application");
         }
     }
@@ -423,6 +440,10 @@ impl Mux {
             if s.send_buf.is_empty() && s.fin_queued && !s.fin_sent {
                 batch.push(&Frame::Fin { id });
                 s.fin_sent = true;
+                if s.orphan && s.fin_received {
+                    self.streams.remove(&id);
+                    continue;
+                }
             }
             if !s.send_buf.is_empty() {
                 s.queued = true;
@@ -480,6 +501,31 @@ impl Mux {
             return;
         };
         if s.reset.is_some() {
+            return;
+        }
+        if s.orphan {
+            match frame {
+                Frame::Fin { .. } if s.fin_sent => {
+                    self.streams.remove(&id);
+                }
+                Frame::Fin { .. } | Frame::Credit { .. } | Frame::Accept { .. } => {
+                    if let Frame::Credit { bytes, .. } = frame {
+                        s.send_credit = s.send_credit.saturating_add(u64::from(bytes));
+                    }
+                    s.fin_received |= matches!(frame, Frame::Fin { .. });
+                }
+                Frame::Data { .. } | Frame::Open { .. } => {
+                    self.streams.remove(&id);
+                    self.send_reset(
+                        id,
+                        ResetCode::Cancelled,
+                        "data for a stream its application closed",
+                    );
+                }
+                Frame::Reset { .. } => {
+                    self.streams.remove(&id);
+                }
+            }
             return;
         }
         match frame {
@@ -733,5 +779,31 @@ mod tests {
             }]
         ));
         assert!(hub.write(id, b"x").is_err());
+    }
+
+    #[test]
+    fn release_after_shutdown_still_delivers() {
+        let mut edge = Mux::new(Side::Edge, 8);
+        let mut hub = Mux::new(Side::Hub, 8);
+        let id = edge.open(OwnedTarget::Upstream("x".into())).expect("open");
+        pump(&mut edge, &mut hub);
+        events(&mut hub);
+        // The hub answers, receives the edge's FIN, writes its last bytes,
+        // shuts down and lets go before anything was sent.
+        edge.shutdown(id).expect("fin");
+        pump(&mut edge, &mut hub);
+        hub.write(id, &vec![5u8; 100_000]).expect("write");
+        hub.shutdown(id).expect("fin");
+        hub.release(id);
+        let mut got = 0;
+        let mut buf = vec![0u8; 1 << 20];
+        for _ in 0..10 {
+            pump(&mut hub, &mut edge);
+            got += edge.read(id, &mut buf).expect("read");
+            pump(&mut edge, &mut hub);
+        }
+        assert_eq!(got, 100_000);
+        assert!(edge.at_eof(id));
+        assert!(hub.is_empty(), "the orphan is gone once its FIN went out");
     }
 }
