@@ -156,6 +156,13 @@ where
                     return Err(("oversized", "CONNECT larger than the limit".to_string()))
                 }
                 Ok(None) => {}
+                Err(LinkError::Decode(tether_link::mqtt::DecodeError::BadProtocol)) => {
+                    // MQTT asks for this answer to a protocol it does not speak.
+                    let _ = conn
+                        .write_all(&refusal(ConnectReturnCode::RefusedProtocolVersion))
+                        .await;
+                    return Err(("bad_protocol", "CONNECT is not MQTT 3.1.1".to_string()));
+                }
                 Err(e) => return Err(("malformed", e.to_string())),
             }
             match conn.read(&mut chunk).await {
