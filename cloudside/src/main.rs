@@ -56,8 +56,8 @@ CONFIG FILE (a strict TOML subset; unknown keys are errors):
     [link]                          Same keys as the edge's [link] session
     keepalive = \"60s\"               settings: used when an edge announces
     max_inflight = 16               keepalive 0, and for what the hub
-    max_batch = \"64KiB\"             sends and accepts.
-    max_packet = \"128KiB\"
+    max_batch = \"128KiB\"            sends and accepts.
+    max_packet = \"256KiB\"
     max_streams = 4096
 
     [upstream.NAME]                 Repeatable: what edges may reach, by
@@ -146,6 +146,7 @@ fn main() -> ExitCode {
 fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> {
     let cfg = config::load(path)?;
     tether_link::logger::init(log_level.as_deref().unwrap_or(&cfg.log_level))?;
+    raise_file_limit(cfg.limits.max_links);
     let tokens = match &cfg.token_file {
         Some(f) => auth::Tokens::load(f)?,
         None => auth::Tokens::default(),
@@ -214,4 +215,20 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> 
         links::serve(hub, link_listener).await;
         Ok(())
     }))
+}
+
+/// Every link is a file descriptor: lift the soft limit to the hard one and
+/// say so if that still cannot hold `max_links`.
+fn raise_file_limit(max_links: usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
+        log::warn!("cannot raise the open-file limit from {soft} to {hard}");
+    }
+    let limit = getrlimit(Resource::RLIMIT_NOFILE).map_or(soft, |l| l.0);
+    if (limit as usize) < max_links + 64 {
+        log::warn!("open-file limit {limit} is below limits.max_links {max_links}: links beyond it will fail to be accepted");
+    }
 }

@@ -33,6 +33,16 @@ pub struct Hello {
 /// `Ok(None)`: not all of it has arrived yet. On success also returns how
 /// many bytes it used; bytes after it belong to the session.
 pub fn read_connect(buf: &[u8]) -> Result<Option<(Hello, usize)>, LinkError> {
+    // The first byte tells a CONNECT from anything else (an HTTP request, a
+    // TLS ClientHello, noise): refuse at once rather than wait for the rest of
+    // a "packet" whose length the stranger made up.
+    if let Some(&first) = buf.first() {
+        if first != 0x10 {
+            return Err(LinkError::Protocol(format!(
+                "first packet is not CONNECT (fixed header byte {first:#04x})"
+            )));
+        }
+    }
     let Some((packet, used)) = mqtt::decode(buf, MAX_CONNECT)? else {
         return Ok(None);
     };

@@ -318,6 +318,7 @@ fn encoded_len(packet: &Packet<'_>) -> usize {
                 .sum::<usize>()
         }
         Packet::Suback(s) => 2 + s.return_codes.len(),
+        Packet::Unsubscribe(u) => 2 + u.topics.iter().map(|t| 2 + t.len()).sum::<usize>(),
         _ => 4,
     };
     MAX_HEADER + body

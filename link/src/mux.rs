@@ -23,6 +23,9 @@ pub const INITIAL_WINDOW: u32 = 256 * 1024;
 /// Largest `Data` frame a sender makes, so streams take turns.
 pub const MAX_DATA_FRAME: usize = 16 * 1024;
 
+/// Bytes a batch may exceed its budget by, for frame headers.
+pub const BATCH_SLACK: usize = 64;
+
 /// Credit is returned once this much has been read, not per read.
 const CREDIT_THRESHOLD: u32 = INITIAL_WINDOW / 4;
 
@@ -426,7 +429,9 @@ impl Mux {
                 continue;
             };
             s.queued = false;
-            let room = max.saturating_sub(batch.len() + data_frame_len(id, 0) + 4);
+            // `max` budgets stream bytes; frame headers may add up to
+            // BATCH_SLACK more, so a batch holds whole frames.
+            let room = (max + BATCH_SLACK).saturating_sub(batch.len() + data_frame_len(id, 0) + 4);
             let n = s.send_buf.len().min(MAX_DATA_FRAME).min(room);
             if n > 0 {
                 s.send_buf.make_contiguous();

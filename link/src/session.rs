@@ -48,8 +48,8 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             keepalive: Duration::from_secs(60),
-            max_packet: 128 * 1024,
-            max_batch: 64 * 1024,
+            max_packet: 256 * 1024,
+            max_batch: 128 * 1024,
             max_inflight: 16,
             max_streams: 4096,
         }
@@ -73,6 +73,14 @@ impl Config {
             };
         let max_packet = size("max_packet", d.max_packet, 4096, 16 << 20);
         let max_batch = size("max_batch", d.max_batch, 1024, 16 << 20);
+        // Both ends normally share these settings: a batch must fit the
+        // packet limit with its MQTT header, topic and frame headers.
+        if max_batch + crate::mux::BATCH_SLACK + 512 > max_packet {
+            errors.push(table.error(
+                "max_batch",
+                "must be at least 576 bytes below max_packet (MQTT and frame headers)",
+            ));
+        }
         let mut count = |key: &str, default: usize, max: u64| match errors.opt(table.u64(key)) {
             Some(v) if v == 0 || v > max => {
                 errors.push(table.error(key, format!("must be between 1 and {max}")));

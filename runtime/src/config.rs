@@ -31,6 +31,9 @@ pub struct Hub {
     pub plaintext: bool,
     /// The node's proof of identity.
     pub credentials: Option<Credentials>,
+    /// Local address the link connects from (multi-homed boards); `None`
+    /// lets the kernel choose.
+    pub source_address: Option<std::net::IpAddr>,
 }
 
 /// Reconnect and timing settings of the link.
@@ -212,6 +215,15 @@ fn read_hub(t: &mut Table<'_>, base: &Path, errors: &mut Errors) -> Option<Hub> 
         .unwrap_or(host.trim_start_matches('[').trim_end_matches(']'))
         .to_owned();
     let plaintext = errors.opt(t.bool("plaintext")).unwrap_or(false);
+    let source_address = errors
+        .opt(t.str("source_address"))
+        .and_then(|a| match a.parse() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                errors.push(t.error("source_address", format!("{a:?} is not an IP address")));
+                None
+            }
+        });
     let mut path = |key: &str| errors.opt(t.str(key)).map(|p| base.join(p));
     let ca = path("ca");
     let cert = path("cert");
@@ -254,6 +266,7 @@ fn read_hub(t: &mut Table<'_>, base: &Path, errors: &mut Errors) -> Option<Hub> 
         ca,
         plaintext,
         credentials,
+        source_address,
     })
 }
 

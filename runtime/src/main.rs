@@ -39,6 +39,8 @@ CONFIG FILE (a strict TOML subset; unknown keys are errors):
     key = \"node-key.pem\"            system:node:<node>, and its key; or
     token_file = \"token\"            a file holding the node's hub token.
     plaintext = false               No TLS: only for tests on loopback.
+    source_address = \"192.0.2.7\"    Local address to connect from
+                                    [default: chosen by the kernel].
     (Relative paths are taken from the config file's folder.)
 
     [link]
@@ -50,8 +52,8 @@ CONFIG FILE (a strict TOML subset; unknown keys are errors):
     backoff_max = \"60s\"             d doubling from initial up to max.
     max_inflight = 16               Unacknowledged QoS 1 publishes; beyond
                                     it writers wait (back-pressure).
-    max_batch = \"64KiB\"             Largest PUBLISH payload sent.
-    max_packet = \"128KiB\"           Largest packet accepted.
+    max_batch = \"128KiB\"            Largest PUBLISH payload sent.
+    max_packet = \"256KiB\"          Largest packet accepted.
     max_streams = 4096              Streams open at once on the link.
 
     [services]

@@ -132,7 +132,7 @@ async fn connect(hub: &Hub, cfg: &LinkConfig, tls: Option<&TlsConnector>) -> Res
     let addrs = resolve(&hub.address).await?;
     let mut last = format!("{} resolved to no address", hub.address);
     for addr in addrs {
-        match TcpStream::connect(addr).await {
+        match tcp_connect(addr, hub.source_address).await {
             Ok(tcp) => {
                 // Small frames (pings, acks, API requests) must not wait for Nagle.
                 let _ = tcp.set_nodelay(true);
@@ -150,6 +150,43 @@ async fn connect(hub: &Hub, cfg: &LinkConfig, tls: Option<&TlsConnector>) -> Res
         }
     }
     Err(last)
+}
+
+/// TCP connect, from `source` if given (bind before connect).
+async fn tcp_connect(
+    addr: SocketAddr,
+    source: Option<std::net::IpAddr>,
+) -> std::io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect(addr).await;
+    };
+    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    use std::os::fd::AsRawFd;
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket::socket(
+        family,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    socket::bind(
+        fd.as_raw_fd(),
+        &SockaddrStorage::from(SocketAddr::new(source, 0)),
+    )?;
+    match socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(addr)) {
+        Ok(()) | Err(nix::errno::Errno::EINPROGRESS) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let stream = async_io::Async::new(std::net::TcpStream::from(fd))?;
+    stream.writable().await?;
+    if let Some(e) = stream.get_ref().take_error()? {
+        return Err(e);
+    }
+    Ok(TcpStream::from(stream))
 }
 
 async fn resolve(address: &str) -> Result<Vec<SocketAddr>, String> {

@@ -47,11 +47,17 @@ const HTTP_POLL: Duration = Duration::from_millis(50);
 pub fn bin(name: &str) -> PathBuf {
     static BUILD: OnceLock<Result<(), BuildError>> = OnceLock::new();
     let exe = std::env::current_exe().expect("procs: current_exe");
-    let profile_dir = exe
+    // Test executables live in target/<profile>/deps, benchmark programs
+    // in target/<profile> itself.
+    let dir = exe
         .parent()
-        .and_then(Path::parent)
-        .expect("procs: test executable has no target/<profile>/deps parent")
-        .to_path_buf();
+        .expect("procs: executable has no parent folder");
+    let profile_dir = if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("procs: deps folder has no parent")
+    } else {
+        dir
+    }
+    .to_path_buf();
     let path = profile_dir.join(name);
     match BUILD.get_or_init(|| build_bins(&profile_dir)) {
         Ok(()) => {}
