@@ -3,8 +3,8 @@
 //!
 //! Hostile peers cost bounded time and memory: a connection must finish TLS
 //! and send a CONNECT of at most [`MAX_CONNECT`] bytes within
-//! `limits.handshake_timeout`, at most `limits.max_handshakes` connections
-//! may be in that phase at once, and anything malformed is dropped at once.
+//! `limits.handshake_timeout`; while `limits.max_handshakes` connections are
+//! in that phase, no more are accepted; anything malformed is dropped at once.
 
 use crate::auth::{self, Tokens};
 use crate::config::HubConfig;
@@ -53,19 +53,25 @@ pub async fn serve(hub: Rc<Hub>, listener: TcpListener) {
                 continue;
             }
         };
-        let mut reg = hub.registry.borrow_mut();
-        reg.counters.connections += 1;
-        if reg.counters.handshakes >= hub.cfg.limits.max_handshakes {
-            reg.dropped("too_many_handshakes");
-            debug!(
-                "dropped connection from {peer}: {} handshakes in progress already",
-                reg.counters.handshakes
-            );
-            continue;
+        {
+            let mut reg = hub.registry.borrow_mut();
+            reg.counters.connections += 1;
+            reg.counters.handshakes += 1;
         }
-        reg.counters.handshakes += 1;
-        drop(reg);
         hub.ex.spawn(connection(hub.clone(), tcp, peer)).detach();
+        // At the handshake limit, stop accepting until one finishes: the
+        // kernel's backlog and TCP's SYN retries queue the rest, which
+        // spreads a reconnecting fleet instead of failing it.
+        futures_lite::future::poll_fn(|cx| {
+            let mut reg = hub.registry.borrow_mut();
+            if reg.counters.handshakes < hub.cfg.limits.max_handshakes {
+                std::task::Poll::Ready(())
+            } else {
+                reg.handshake_waiter = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        })
+        .await;
     }
 }
 
@@ -76,7 +82,11 @@ impl HandshakeGuard<'_> {
     fn done(&mut self) {
         if !self.1 {
             self.1 = true;
-            self.0.registry.borrow_mut().counters.handshakes -= 1;
+            let mut reg = self.0.registry.borrow_mut();
+            reg.counters.handshakes -= 1;
+            if let Some(w) = reg.handshake_waiter.take() {
+                w.wake();
+            }
         }
     }
 }

@@ -48,7 +48,9 @@ CONFIG FILE (a strict TOML subset; unknown keys are errors):
 
     [limits]
     handshake_timeout = \"10s\"       TLS plus CONNECT must finish within.
-    max_handshakes = 1024           Connections in handshake at once.
+    max_handshakes = 1024           Connections in handshake at once; at
+                                    the limit the hub stops accepting until
+                                    one finishes (the kernel queues the rest).
     max_links = 50000               Links up at once.
     session_expiry = \"10m\"          Session kept this long after a link
                                     drops, for the node to resume it.

@@ -47,6 +47,8 @@ pub struct Registry {
     pub nodes: HashMap<NodeName, Node>,
     /// Hub-wide counters.
     pub counters: Counters,
+    /// The accept loop, waiting for a handshake slot.
+    pub handshake_waiter: Option<std::task::Waker>,
 }
 
 impl Registry {

@@ -23,7 +23,7 @@ use std::time::Instant;
 
 /// Socket read buffer: an idle link keeps the small size (thousands of
 /// links on a hub), a busy one grows it up to the large size.
-const READ_MIN: usize = 2 * 1024;
+const READ_MIN: usize = 512;
 const READ_MAX: usize = 64 * 1024;
 
 /// One session, shared by its driver and its streams (single thread).
