@@ -13,7 +13,7 @@ use crate::upstream;
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures_lite::FutureExt;
 use futures_rustls::TlsAcceptor;
-use log::{debug, info, warn};
+use log::{info, warn};
 use smol::net::{TcpListener, TcpStream};
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -171,6 +171,7 @@ where
                     let _ = conn
                         .write_all(&refusal(ConnectReturnCode::RefusedProtocolVersion))
                         .await;
+                    let _ = conn.flush().await;
                     return Err(("bad_protocol", "CONNECT is not MQTT 3.1.1".to_string()));
                 }
                 Err(e) => return Err(("malformed", e.to_string())),

@@ -136,7 +136,7 @@ pub fn check(first: u8, body: &[u8]) -> Result<(), DecodeError> {
                 r.string()?;
             }
             if connect_flags & 0x40 != 0 {
-                r.string()?;
+                r.bytes()?; // the password is binary data
             }
             r.end()?;
             flags == 0
@@ -247,9 +247,12 @@ impl<'a> Reader<'a> {
         }
         Ok(())
     }
-    fn string(&mut self) -> Result<&'a [u8], DecodeError> {
+    fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
         let n = self.u16()?;
-        let s = self.take(usize::from(n))?;
+        self.take(usize::from(n))
+    }
+    fn string(&mut self) -> Result<&'a [u8], DecodeError> {
+        let s = self.bytes()?;
         if std::str::from_utf8(s).is_err() {
             return Err(DecodeError::Malformed("string is not UTF-8"));
         }

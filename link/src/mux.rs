@@ -408,6 +408,13 @@ impl Mux {
         self.events.pop_front()
     }
 
+    /// Whether the peer made this side queue more control frames (resets of
+    /// refused opens and unknown streams) than its streams can explain: a
+    /// peer that floods frames and never lets the answers drain.
+    pub fn overloaded(&self) -> bool {
+        self.control.len() > 2 * self.max_streams + 64
+    }
+
     /// Whether [`Mux::fill`] has anything to send.
     pub fn wants_to_send(&self) -> bool {
         !self.control.is_empty() || !self.ready.is_empty()
@@ -464,8 +471,8 @@ impl Mux {
     pub fn handle(&mut self, frame: Frame<'_>) {
         let id = frame.id();
         let theirs = match self.side {
-            Side::Edge => id % 2 == 0,
-            Side::Hub => id % 2 == 1,
+            Side::Edge => id.is_multiple_of(2),
+            Side::Hub => !id.is_multiple_of(2),
         };
         if let Frame::Open { target, .. } = frame {
             let allowed = matches!(

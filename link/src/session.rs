@@ -462,6 +462,11 @@ impl Session {
         for frame in frames {
             self.mux.handle(frame?);
         }
+        if self.mux.overloaded() {
+            return Err(LinkError::Protocol(
+                "the peer keeps sending frames that need answers it never acknowledges".into(),
+            ));
+        }
         Ok(())
     }
 

@@ -585,14 +585,14 @@ proptest! {
 
     #[test]
     fn decode_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..4096), limit in 0usize..8192) {
-        match mqtt::decode(&bytes, limit) {
-            Ok(Some((_, used))) => {
-                prop_assert!(used <= bytes.len());
-                prop_assert!(used >= 2);
-            }
-            Ok(None) | Err(_) => {}
+        let header = mqtt::peek_header(&bytes, limit);
+        if let Ok(Some((_, used))) = mqtt::decode(&bytes, limit) {
+            prop_assert!(used <= bytes.len());
+            // A packet is exactly what its fixed header announced.
+            let (head, rest) = header.expect("header of a packet").expect("whole header");
+            prop_assert_eq!(used, head + rest);
+            prop_assert!(rest <= limit);
         }
-        let _ = mqtt::peek_header(&bytes, limit);
     }
 
     #[test]
@@ -818,7 +818,9 @@ proptest! {
     fn hub_session_survives_hostile_but_valid_mqtt(inputs in proptest::collection::vec(hub_input(), 0..24)) {
         let up = node().up();
         let mut now = Instant::now();
-        let mut s = hub_session(small_config(), now);
+        // Packets large enough for a Data frame beyond one window.
+        let cfg = Config { max_packet: 512 * 1024, ..small_config() };
+        let mut s = hub_session(cfg, now);
         for input in &inputs {
             let bytes = match input {
                 HubInput::Batch { sender, seq, qos1, frames } => {
