@@ -100,20 +100,21 @@ impl Drop for HandshakeGuard<'_> {
 async fn connection(hub: Rc<Hub>, tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
     let mut guard = HandshakeGuard(&hub, false);
+    // TLS and CONNECT share one deadline.
+    let deadline = Instant::now() + hub.cfg.limits.handshake_timeout;
     match &hub.tls {
         None => {
-            let result = handshake(&hub, tcp, peer, None).await;
+            let result = handshake(&hub, tcp, peer, None, deadline).await;
             guard.done();
             if let Some((conn, hello, pending, method)) = result {
                 link(&hub, conn, peer, hello, pending, method).await;
             }
         }
         Some(tls) => {
-            let deadline = hub.cfg.limits.handshake_timeout;
             let accepted = tls
                 .accept(tcp)
                 .or(async {
-                    async_io::Timer::after(deadline).await;
+                    async_io::Timer::at(deadline).await;
                     Err(std::io::ErrorKind::TimedOut.into())
                 })
                 .await;
@@ -136,7 +137,7 @@ async fn connection(hub: Rc<Hub>, tcp: TcpStream, peer: SocketAddr) {
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .and_then(|c| tether_link::tls::subject_common_name(c));
-            let result = handshake(&hub, stream, peer, cn).await;
+            let result = handshake(&hub, stream, peer, cn, deadline).await;
             guard.done();
             if let Some((conn, hello, pending, method)) = result {
                 link(&hub, conn, peer, hello, pending, method).await;
@@ -152,6 +153,7 @@ async fn handshake<C>(
     mut conn: C,
     peer: SocketAddr,
     cert_cn: Option<String>,
+    deadline: Instant,
 ) -> Option<(C, Hello, Vec<u8>, auth::Method)>
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -183,14 +185,11 @@ where
             }
         }
     };
-    let deadline = hub.cfg.limits.handshake_timeout;
+    let limit = hub.cfg.limits.handshake_timeout;
     let result = read
         .or(async {
-            async_io::Timer::after(deadline).await;
-            Err((
-                "handshake_timeout",
-                format!("no CONNECT within {deadline:?}"),
-            ))
+            async_io::Timer::at(deadline).await;
+            Err(("handshake_timeout", format!("no CONNECT within {limit:?}")))
         })
         .await;
     let (hello, pending) = match result {
@@ -206,11 +205,22 @@ where
         |code: ConnectReturnCode, label: &'static str, reason: String| (code, label, reason);
     let problem = match &verdict {
         Err(r) => Some(refuse(r.code, r.label, r.reason.clone())),
-        Ok(_) if hub.registry.borrow().links_up() >= hub.cfg.limits.max_links => Some(refuse(
-            ConnectReturnCode::ServerUnavailable,
-            "max_links",
-            format!("limit of {} links reached", hub.cfg.limits.max_links),
-        )),
+        // A node replacing its own link does not add one.
+        Ok(_)
+            if hub.registry.borrow().links_up() >= hub.cfg.limits.max_links
+                && !hub
+                    .registry
+                    .borrow()
+                    .nodes
+                    .get(&hello.node)
+                    .is_some_and(|n| n.linked) =>
+        {
+            Some(refuse(
+                ConnectReturnCode::ServerUnavailable,
+                "max_links",
+                format!("limit of {} links reached", hub.cfg.limits.max_links),
+            ))
+        }
         Ok(_) => None,
     };
     if let Some((code, label, reason)) = problem {
@@ -265,7 +275,9 @@ async fn link<C>(
         let existed = entry.links > 0;
         if hello.clean_session && existed {
             // The edge restarted: whatever its previous run left is void.
-            entry.link.with_session(|s| s.peer_restarted());
+            entry
+                .link
+                .with_session(|s| s.peer_restarted("the edge restarted"));
         }
         entry.linked = true;
         entry.linked_since = Some(SystemTime::now());
@@ -349,7 +361,7 @@ pub async fn expire_sessions(hub: Rc<Hub>) {
         };
         for node in expired {
             let name = node.link.with_session(|s| {
-                s.peer_restarted();
+                s.peer_restarted("the node's session expired while it was away");
                 s.node().clone()
             });
             info!("session of node {name} expired after {expiry:?} without a link");

@@ -140,11 +140,13 @@ impl Link {
     pub fn open(&self, target: OwnedTarget) -> Result<LinkStream, StreamError> {
         let mut inner = self.inner.borrow_mut();
         let id = inner.session.mux().open(target)?;
+        let epoch = inner.session.mux().epoch();
         inner.stats.streams_opened += 1;
         inner.wake_driver();
         Ok(LinkStream {
             link: self.clone(),
             id,
+            epoch,
         })
     }
 
@@ -157,6 +159,7 @@ impl Link {
                     LinkStream {
                         link: self.clone(),
                         id,
+                        epoch: inner.session.mux().epoch(),
                     },
                     target,
                 )),
@@ -257,11 +260,28 @@ impl Link {
                 };
                 if !out.is_empty() {
                     let written = async {
-                        wr.write_all(&out).await?;
-                        wr.flush().await
+                        wr.write_all(&out).await.map_err(DriveError::Io)?;
+                        wr.flush().await.map_err(DriveError::Io)
                     };
-                    if let Err(e) = written.await {
-                        return DriveError::Io(e);
+                    // A write stuck on a full socket (a black hole under
+                    // load) must not hold off dead-link detection.
+                    let watchdog = async {
+                        loop {
+                            let at = self.inner.borrow().session.poll_timeout();
+                            match at {
+                                Some(at) => {
+                                    async_io::Timer::at(at).await;
+                                }
+                                None => futures_lite::future::pending::<()>().await,
+                            }
+                            let mut inner = self.inner.borrow_mut();
+                            if let Err(e) = inner.session.handle_timeout(Instant::now()) {
+                                return Err(DriveError::Link(e));
+                            }
+                        }
+                    };
+                    if let Err(e) = written.or(watchdog).await {
+                        return e;
                     }
                     continue;
                 }
@@ -331,6 +351,7 @@ impl Inner {
                 StreamEvent::Readable { .. } => wake(&mut self.readers, id),
                 StreamEvent::Writable { .. } => wake(&mut self.writers, id),
                 StreamEvent::Reset { .. } => {
+                    self.incoming.retain(|(i, _)| *i != id);
                     wake(&mut self.readers, id);
                     wake(&mut self.writers, id);
                 }
@@ -357,6 +378,8 @@ fn wake(wakers: &mut HashMap<StreamId, Waker>, id: StreamId) {
 pub struct LinkStream {
     link: Link,
     id: StreamId,
+    /// The mux epoch the stream belongs to (see [`crate::mux::Mux::epoch`]).
+    epoch: u32,
 }
 
 impl LinkStream {
@@ -373,6 +396,9 @@ impl LinkStream {
             if inner.accepted.get(&self.id).copied().unwrap_or(false) {
                 return Poll::Ready(Ok(()));
             }
+            if let Some(e) = inner.session.mux().lost(self.id, self.epoch) {
+                return Poll::Ready(Err(to_io(e)));
+            }
             let mut probe = [0u8; 0];
             if let Err(e) = inner.session.mux().read(self.id, &mut probe) {
                 return Poll::Ready(Err(to_io(e)));
@@ -386,6 +412,9 @@ impl LinkStream {
     /// Accepts a stream the peer opened (its target was reached).
     pub fn accept(&self) {
         let mut inner = self.link.inner.borrow_mut();
+        if inner.session.mux().lost(self.id, self.epoch).is_some() {
+            return;
+        }
         inner.session.mux().accept(self.id);
         inner.wake_driver();
     }
@@ -393,6 +422,9 @@ impl LinkStream {
     /// Refuses a stream the peer opened, telling it why.
     pub fn refuse(self, code: ResetCode, reason: &str) {
         let mut inner = self.link.inner.borrow_mut();
+        if inner.session.mux().lost(self.id, self.epoch).is_some() {
+            return; // Drop forgets it
+        }
         inner.session.mux().refuse(self.id, code, reason);
         inner.wake_driver();
         // Already released; Drop has nothing left to do.
@@ -421,6 +453,9 @@ impl AsyncRead for LinkStream {
     ) -> Poll<io::Result<usize>> {
         let mut inner = self.link.inner.borrow_mut();
         let mux = inner.session.mux();
+        if let Some(e) = mux.lost(self.id, self.epoch) {
+            return Poll::Ready(Err(to_io(e)));
+        }
         match mux.read(self.id, buf) {
             Ok(0) if !buf.is_empty() && !mux.at_eof(self.id) => {
                 inner.readers.insert(self.id, cx.waker().clone());
@@ -444,6 +479,9 @@ impl AsyncWrite for LinkStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let mut inner = self.link.inner.borrow_mut();
+        if let Some(e) = inner.session.mux().lost(self.id, self.epoch) {
+            return Poll::Ready(Err(to_io(e)));
+        }
         match inner.session.mux().write(self.id, buf) {
             Ok(0) if !buf.is_empty() => {
                 inner.writers.insert(self.id, cx.waker().clone());
@@ -463,6 +501,9 @@ impl AsyncWrite for LinkStream {
 
     fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut inner = self.link.inner.borrow_mut();
+        if let Some(e) = inner.session.mux().lost(self.id, self.epoch) {
+            return Poll::Ready(Err(to_io(e)));
+        }
         let r = inner.session.mux().shutdown(self.id).map_err(to_io);
         inner.wake_driver();
         Poll::Ready(r)
@@ -472,6 +513,10 @@ impl AsyncWrite for LinkStream {
 impl Drop for LinkStream {
     fn drop(&mut self) {
         if let Ok(mut inner) = self.link.inner.try_borrow_mut() {
+            if inner.session.mux().lost(self.id, self.epoch).is_some() {
+                inner.session.mux().forget(self.id, self.epoch);
+                return;
+            }
             inner.session.mux().release(self.id);
             inner.readers.remove(&self.id);
             inner.writers.remove(&self.id);

@@ -50,8 +50,8 @@ pub enum LinkError {
     BadClientId(topic::BadNodeName),
     /// The hub refused the CONNECT.
     Refused(mqtt::ConnectReturnCode),
-    /// A node published to a topic that is not its own.
-    ForeignTopic { node: String, topic: String },
+    /// A PUBLISH arrived on a topic that is not the link's own.
+    ForeignTopic { topic: String, expected: String },
     /// Nothing was received for too long: the path is dead (or a black hole).
     KeepaliveTimeout { silent: Duration },
     /// The peer said DISCONNECT.
@@ -66,9 +66,9 @@ impl fmt::Display for LinkError {
             LinkError::Protocol(e) => write!(f, "protocol violation: {e}"),
             LinkError::BadClientId(e) => write!(f, "bad client id: {e}"),
             LinkError::Refused(code) => write!(f, "hub refused the link: {}", refusal_text(*code)),
-            LinkError::ForeignTopic { node, topic } => write!(
+            LinkError::ForeignTopic { topic, expected } => write!(
                 f,
-                "node {node} published to {topic:?}, which is not its own topic tether/{node}/up"
+                "publish to {topic:?}, which is not its own topic {expected:?}"
             ),
             LinkError::KeepaliveTimeout { silent } => write!(
                 f,
@@ -91,7 +91,9 @@ pub fn refusal_text(code: mqtt::ConnectReturnCode) -> &'static str {
         }
         ServerUnavailable => "hub unavailable",
         BadUsernamePassword => "bad credentials (unknown token, or token of another node)",
-        NotAuthorized => "not authorized (certificate names another node)",
+        NotAuthorized => {
+            "not authorized (no credentials, or a certificate that is not this node's)"
+        }
     }
 }
 

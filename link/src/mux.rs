@@ -23,6 +23,11 @@ pub const INITIAL_WINDOW: u32 = 256 * 1024;
 /// Largest `Data` frame a sender makes, so streams take turns.
 pub const MAX_DATA_FRAME: usize = 16 * 1024;
 
+/// Where a stream's frames go: `None` is the link's default topic; with a
+/// broker between edge and hubs, `Some(hub)` is the sub-topic of the hub
+/// replica that owns the stream (see [`Mux::new_routed`]).
+pub type Route = Option<u32>;
+
 /// Bytes a batch may exceed its budget by, for frame headers.
 pub const BATCH_SLACK: usize = 64;
 
@@ -130,6 +135,10 @@ impl std::error::Error for StreamError {}
 struct Stream {
     /// Bytes the peer still lets us send (includes what sits in `send_buf`).
     send_credit: u64,
+    /// Bytes written and not yet returned as credit by the peer. With
+    /// `send_credit` it always sums to at most one window: a peer cannot
+    /// inflate the buffer by crediting bytes it never received.
+    uncredited: u64,
     send_buf: VecDeque<u8>,
     /// The application shut down writing; a FIN follows the buffered data.
     fin_queued: bool,
@@ -144,6 +153,11 @@ struct Stream {
     reset: Option<(ResetCode, String)>,
     /// Already in `Mux::ready`.
     queued: bool,
+    /// Where the stream's frames go.
+    route: Route,
+    /// Routed mode: the opener's data waits until a replica accepted the
+    /// stream, so that all of it reaches that one replica.
+    held: bool,
     /// The application released the stream after shutting down writing:
     /// its data and FIN still go out, then the stream goes. Data arriving
     /// for it has no reader and resets it.
@@ -154,14 +168,19 @@ struct Stream {
 #[derive(Debug)]
 pub struct Mux {
     side: Side,
+    /// Streams are routed to the replica that accepted them.
+    routed: bool,
     next_id: StreamId,
     max_streams: usize,
     streams: HashMap<StreamId, Stream>,
     /// Streams ended by [`Mux::reset_all`], kept only so their application
     /// handles get the reason until released; their ids are free again.
-    lost: HashMap<StreamId, (ResetCode, String)>,
+    lost: HashMap<(StreamId, u32), (ResetCode, String)>,
+    /// Counts [`Mux::reset_all`]s: a handle from an older epoch must never
+    /// reach a newer stream that reuses its id.
+    epoch: u32,
     /// Open/Accept/Credit/Reset frames waiting to be sent, oldest first.
-    control: VecDeque<Control>,
+    control: VecDeque<(Route, Control)>,
     /// Streams with data or a FIN to send, in turn order.
     ready: VecDeque<StreamId>,
     events: VecDeque<StreamEvent>,
@@ -199,6 +218,7 @@ impl Mux {
     pub fn new(side: Side, max_streams: usize) -> Mux {
         Mux {
             side,
+            routed: false,
             next_id: match side {
                 Side::Edge => 1,
                 Side::Hub => 2,
@@ -206,9 +226,22 @@ impl Mux {
             max_streams,
             streams: HashMap::new(),
             lost: HashMap::new(),
+            epoch: 0,
             control: VecDeque::new(),
             ready: VecDeque::new(),
             events: VecDeque::new(),
+        }
+    }
+
+    /// A multiplexer whose streams are routed: used by an edge that meets
+    /// several hub replicas at a broker. A stream it opens goes out on the
+    /// default route; the replica that accepts it owns it, and every later
+    /// frame of the stream is routed to that replica. Streams a replica
+    /// opens are routed back to it.
+    pub fn new_routed(side: Side, max_streams: usize) -> Mux {
+        Mux {
+            routed: true,
+            ..Mux::new(side, max_streams)
         }
     }
 
@@ -238,15 +271,17 @@ impl Mux {
         if self.streams.contains_key(&id) {
             return self.open(target);
         }
-        self.streams.insert(id, Stream::fresh());
-        self.control.push_back(Control::Open(id, target));
+        let mut stream = Stream::fresh();
+        stream.held = self.routed;
+        self.streams.insert(id, stream);
+        self.control.push_back((None, Control::Open(id, target)));
         Ok(id)
     }
 
     /// Accepts a stream the peer opened (after reaching its target).
     pub fn accept(&mut self, id: StreamId) {
-        if self.streams.contains_key(&id) {
-            self.control.push_back(Control::Accept(id));
+        if let Some(s) = self.streams.get(&id) {
+            self.control.push_back((s.route, Control::Accept(id)));
         }
     }
 
@@ -254,7 +289,7 @@ impl Mux {
     pub fn refuse(&mut self, id: StreamId, code: ResetCode, reason: &str) {
         if let Some(s) = self.streams.remove(&id) {
             if s.reset.is_none() {
-                self.send_reset(id, code, reason);
+                self.send_reset(s.route, id, code, reason);
             }
         }
     }
@@ -276,8 +311,9 @@ impl Mux {
             return Ok(0);
         }
         s.send_credit -= n as u64;
+        s.uncredited += n as u64;
         s.send_buf.extend(&data[..n]);
-        if !s.queued {
+        if !s.queued && !s.held {
             s.queued = true;
             self.ready.push_back(id);
         }
@@ -300,7 +336,7 @@ impl Mux {
         s.check()?;
         if !s.fin_queued {
             s.fin_queued = true;
-            if !s.queued {
+            if !s.queued && !s.held {
                 s.queued = true;
                 self.ready.push_back(id);
             }
@@ -329,7 +365,8 @@ impl Mux {
         if s.recv_unreturned >= CREDIT_THRESHOLD && !s.fin_received {
             let credit = std::mem::take(&mut s.recv_unreturned);
             s.recv_allowed += credit;
-            self.control.push_back(Control::Credit(id, credit));
+            self.control
+                .push_back((s.route, Control::Credit(id, credit)));
         }
         Ok(n)
     }
@@ -353,9 +390,6 @@ impl Mux {
     /// A stream shut down for writing is not cut short: what was written
     /// and the FIN still go out (as TCP sends its buffer after close).
     pub fn release(&mut self, id: StreamId) {
-        if self.lost.remove(&id).is_some() {
-            return;
-        }
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
@@ -368,10 +402,10 @@ impl Mux {
             }
             return;
         }
-        let reset = s.reset.is_some();
+        let (reset, route) = (s.reset.is_some(), s.route);
         self.streams.remove(&id);
         if !reset {
-            self.send_reset(id, ResetCode::Cancelled, "closed by the application");
+            self.send_reset(route, id, ResetCode::Cancelled, "closed by the application");
         }
     }
 
@@ -389,18 +423,36 @@ impl Mux {
                 code,
                 reason: reason.clone(),
             });
-            self.lost.insert(id, (code, reason));
+            self.lost.insert((id, self.epoch), (code, reason));
         }
+        self.epoch = self.epoch.wrapping_add(1);
+    }
+
+    /// The current epoch; a handle records it when its stream is created.
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// Why the stream `id` of an older `epoch` ended, if it was lost in a
+    /// [`Mux::reset_all`]. Handles check this before touching `id`.
+    pub fn lost(&self, id: StreamId, epoch: u32) -> Option<StreamError> {
+        if epoch == self.epoch {
+            return None;
+        }
+        let (code, reason) = self.lost.get(&(id, epoch)).cloned().unwrap_or((
+            ResetCode::SessionLost,
+            "the stream's session was lost".to_owned(),
+        ));
+        Some(StreamError::Reset { code, reason })
+    }
+
+    /// A handle of an older epoch is gone: forget its lost stream.
+    pub fn forget(&mut self, id: StreamId, epoch: u32) {
+        self.lost.remove(&(id, epoch));
     }
 
     fn missing(&self, id: StreamId) -> StreamError {
-        match self.lost.get(&id) {
-            Some((code, reason)) => StreamError::Reset {
-                code: *code,
-                reason: reason.clone(),
-            },
-            None => StreamError::Unknown(id),
-        }
+        StreamError::Unknown(id)
     }
 
     /// The next thing the application should know about, oldest first.
@@ -420,21 +472,48 @@ impl Mux {
         !self.control.is_empty() || !self.ready.is_empty()
     }
 
-    /// Appends frames to `batch` until it holds `max` bytes or nothing is
-    /// left: control frames first, then data from each ready stream in turn.
-    pub fn fill(&mut self, batch: &mut BatchWriter, max: usize) {
-        while let Some(c) = self.control.front() {
+    /// The route of the next frames to send, if any: batches are built one
+    /// route at a time.
+    pub fn next_route(&self) -> Option<Route> {
+        if let Some((route, _)) = self.control.front() {
+            return Some(*route);
+        }
+        self.ready
+            .iter()
+            .find_map(|id| self.streams.get(id).map(|s| s.route))
+    }
+
+    /// Appends frames for `route` to `batch` until it holds `max` bytes or
+    /// nothing is left: control frames first, then data from each ready
+    /// stream in turn.
+    pub fn fill(&mut self, batch: &mut BatchWriter, max: usize, route: Route) {
+        let mut i = 0;
+        while i < self.control.len() {
+            if self.control[i].0 != route {
+                i += 1;
+                continue;
+            }
             // Control frames are small; a batch always takes at least one.
             if !batch.is_empty() && batch.len() + 64 + MAX_REASON > max {
                 return;
             }
-            batch.push(&c.frame());
-            self.control.pop_front();
+            if let Some((_, c)) = self.control.remove(i) {
+                batch.push(&c.frame());
+            }
         }
-        while let Some(id) = self.ready.pop_front() {
+        let mut turns = self.ready.len();
+        while turns > 0 {
+            turns -= 1;
+            let Some(id) = self.ready.pop_front() else {
+                break;
+            };
             let Some(s) = self.streams.get_mut(&id) else {
                 continue;
             };
+            if s.route != route {
+                self.ready.push_back(id);
+                continue;
+            }
             s.queued = false;
             // `max` budgets stream bytes; frame headers may add up to
             // BATCH_SLACK more, so a batch holds whole frames.
@@ -463,13 +542,18 @@ impl Mux {
                 if n == 0 {
                     return; // batch full
                 }
+                turns += 1; // its next chunk takes another turn
             }
         }
     }
 
     /// Takes one frame received from the peer.
-    pub fn handle(&mut self, frame: Frame<'_>) {
+    ///
+    /// `from` is the sender of the batch it came in (its
+    /// [`crate::frame::BatchHeader::sender`]); routed streams follow it.
+    pub fn handle(&mut self, frame: Frame<'_>, from: u32) {
         let id = frame.id();
+        let reply: Route = if self.routed { Some(from) } else { None };
         let theirs = match self.side {
             Side::Edge => id.is_multiple_of(2),
             Side::Hub => !id.is_multiple_of(2),
@@ -481,21 +565,25 @@ impl Mux {
             );
             if !theirs || self.streams.contains_key(&id) {
                 self.send_reset(
+                    reply,
                     id,
                     ResetCode::ProtocolError,
                     "open with an id the opener may not use",
                 );
             } else if !allowed {
                 self.send_reset(
+                    reply,
                     id,
                     ResetCode::Refused,
                     &format!("{target} cannot be opened from this side"),
                 );
             } else if self.streams.len() >= self.max_streams {
                 let reason = format!("limit of {} streams reached", self.max_streams);
-                self.send_reset(id, ResetCode::TooManyStreams, &reason);
+                self.send_reset(reply, id, ResetCode::TooManyStreams, &reason);
             } else {
-                self.streams.insert(id, Stream::fresh());
+                let mut stream = Stream::fresh();
+                stream.route = reply;
+                self.streams.insert(id, stream);
                 let target = match target {
                     Target::Upstream(s) => OwnedTarget::Upstream(s.to_owned()),
                     Target::Port(p) => OwnedTarget::Port(p),
@@ -508,7 +596,7 @@ impl Mux {
             // A frame for a stream we no longer know: tell the peer once, but
             // never answer a reset with a reset.
             if !matches!(frame, Frame::Reset { .. }) {
-                self.send_reset(id, ResetCode::UnknownStream, "");
+                self.send_reset(reply, id, ResetCode::UnknownStream, "");
             }
             return;
         };
@@ -522,13 +610,17 @@ impl Mux {
                 }
                 Frame::Fin { .. } | Frame::Credit { .. } | Frame::Accept { .. } => {
                     if let Frame::Credit { bytes, .. } = frame {
-                        s.send_credit = s.send_credit.saturating_add(u64::from(bytes));
+                        let bytes = u64::from(bytes).min(s.uncredited);
+                        s.uncredited -= bytes;
+                        s.send_credit += bytes;
                     }
                     s.fin_received |= matches!(frame, Frame::Fin { .. });
                 }
                 Frame::Data { .. } | Frame::Open { .. } => {
+                    let route = s.route;
                     self.streams.remove(&id);
                     self.send_reset(
+                        route,
                         id,
                         ResetCode::Cancelled,
                         "data for a stream its application closed",
@@ -542,7 +634,18 @@ impl Mux {
         }
         match frame {
             Frame::Open { .. } => {}
-            Frame::Accept { .. } => self.events.push_back(StreamEvent::Accepted { id }),
+            Frame::Accept { .. } => {
+                if s.held {
+                    // The accepting replica owns the stream from now on.
+                    s.held = false;
+                    s.route = reply;
+                    if !s.send_buf.is_empty() || s.fin_queued {
+                        s.queued = true;
+                        self.ready.push_back(id);
+                    }
+                }
+                self.events.push_back(StreamEvent::Accepted { id })
+            }
             Frame::Data { bytes, .. } => {
                 let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
                 if s.fin_received || len > s.recv_allowed {
@@ -560,11 +663,12 @@ impl Mux {
             }
             Frame::Credit { bytes, .. } => {
                 let was_blocked = s.send_credit == 0;
-                s.send_credit = s.send_credit.saturating_add(u64::from(bytes));
-                if s.send_credit > 2 * u64::from(INITIAL_WINDOW) {
-                    self.protocol_error(id, "credit beyond the window");
+                if u64::from(bytes) > s.uncredited {
+                    self.protocol_error(id, "credit for bytes never sent");
                     return;
                 }
+                s.uncredited -= u64::from(bytes);
+                s.send_credit += u64::from(bytes);
                 if was_blocked {
                     self.events.push_back(StreamEvent::Writable { id });
                 }
@@ -584,7 +688,9 @@ impl Mux {
     }
 
     fn protocol_error(&mut self, id: StreamId, reason: &str) {
+        let mut route = None;
         if let Some(s) = self.streams.get_mut(&id) {
+            route = s.route;
             s.reset = Some((ResetCode::ProtocolError, reason.to_owned()));
             s.send_buf = VecDeque::new();
             self.events.push_back(StreamEvent::Reset {
@@ -593,16 +699,16 @@ impl Mux {
                 reason: reason.to_owned(),
             });
         }
-        self.send_reset(id, ResetCode::ProtocolError, reason);
+        self.send_reset(route, id, ResetCode::ProtocolError, reason);
     }
 
-    fn send_reset(&mut self, id: StreamId, code: ResetCode, reason: &str) {
+    fn send_reset(&mut self, route: Route, id: StreamId, code: ResetCode, reason: &str) {
         let mut end = reason.len().min(MAX_REASON);
         while !reason.is_char_boundary(end) {
             end -= 1;
         }
         self.control
-            .push_back(Control::Reset(id, code, reason[..end].to_owned()));
+            .push_back((route, Control::Reset(id, code, reason[..end].to_owned())));
     }
 }
 
@@ -636,11 +742,11 @@ mod tests {
         let mut n = 0;
         while from.wants_to_send() {
             let mut w = BatchWriter::new(BatchHeader { sender: 1, seq: 1 });
-            from.fill(&mut w, 64 * 1024);
+            from.fill(&mut w, 64 * 1024, None);
             let bytes = w.finish();
             let (_, frames) = read_batch(&bytes).expect("batch");
             for f in frames {
-                to.handle(f.expect("frame"));
+                to.handle(f.expect("frame"), 1);
                 n += 1;
             }
         }
@@ -723,7 +829,7 @@ mod tests {
         edge.write(small, b"ping").expect("write");
         // The first batch already carries the small stream's data.
         let mut w = BatchWriter::new(BatchHeader { sender: 1, seq: 1 });
-        edge.fill(&mut w, 64 * 1024);
+        edge.fill(&mut w, 64 * 1024, None);
         let bytes = w.finish();
         let (_, frames) = read_batch(&bytes).expect("batch");
         let ids: Vec<_> = frames
@@ -739,35 +845,53 @@ mod tests {
     fn hostile_frames_reset_streams_not_the_mux() {
         let mut hub = Mux::new(Side::Hub, 2);
         // Edge opens with an even id (the hub's), and a port target.
-        hub.handle(Frame::Open {
-            id: 2,
-            target: Target::Upstream("a"),
-        });
-        hub.handle(Frame::Open {
-            id: 3,
-            target: Target::Port(22),
-        });
-        hub.handle(Frame::Data {
-            id: 99,
-            bytes: b"x",
-        });
+        hub.handle(
+            Frame::Open {
+                id: 2,
+                target: Target::Upstream("a"),
+            },
+            1,
+        );
+        hub.handle(
+            Frame::Open {
+                id: 3,
+                target: Target::Port(22),
+            },
+            1,
+        );
+        hub.handle(
+            Frame::Data {
+                id: 99,
+                bytes: b"x",
+            },
+            1,
+        );
         assert!(hub.is_empty());
-        hub.handle(Frame::Open {
-            id: 1,
-            target: Target::Upstream("a"),
-        });
+        hub.handle(
+            Frame::Open {
+                id: 1,
+                target: Target::Upstream("a"),
+            },
+            1,
+        );
         let big = vec![0u8; INITIAL_WINDOW as usize + 1];
-        hub.handle(Frame::Data { id: 1, bytes: &big });
+        hub.handle(Frame::Data { id: 1, bytes: &big }, 1);
         assert!(hub.is_reset(1));
         // Limit of streams.
-        hub.handle(Frame::Open {
-            id: 5,
-            target: Target::Upstream("a"),
-        });
-        hub.handle(Frame::Open {
-            id: 7,
-            target: Target::Upstream("a"),
-        });
+        hub.handle(
+            Frame::Open {
+                id: 5,
+                target: Target::Upstream("a"),
+            },
+            1,
+        );
+        hub.handle(
+            Frame::Open {
+                id: 7,
+                target: Target::Upstream("a"),
+            },
+            1,
+        );
         assert_eq!(hub.len(), 2);
         let mut edge = Mux::new(Side::Edge, 8);
         pump(&mut hub, &mut edge);
@@ -817,5 +941,92 @@ mod tests {
         assert_eq!(got, 100_000);
         assert!(edge.at_eof(id));
         assert!(hub.is_empty(), "the orphan is gone once its FIN went out");
+    }
+
+    #[test]
+    fn credit_beyond_what_was_sent_is_a_protocol_error() {
+        let mut hub = Mux::new(Side::Hub, 8);
+        hub.handle(
+            Frame::Open {
+                id: 1,
+                target: Target::Upstream("a"),
+            },
+            1,
+        );
+        hub.write(1, &[0u8; 100]).expect("write");
+        hub.handle(Frame::Credit { id: 1, bytes: 100 }, 1);
+        assert!(!hub.is_reset(1));
+        hub.handle(Frame::Credit { id: 1, bytes: 1 }, 1);
+        assert!(hub.is_reset(1));
+    }
+
+    #[test]
+    fn old_handles_never_reach_a_new_stream_with_their_id() {
+        let mut hub = Mux::new(Side::Hub, 8);
+        hub.handle(
+            Frame::Open {
+                id: 1,
+                target: Target::Upstream("a"),
+            },
+            1,
+        );
+        let old = hub.epoch();
+        hub.reset_all(ResetCode::SessionLost, "edge restarted");
+        // The restarted edge opens id 1 again.
+        hub.handle(
+            Frame::Open {
+                id: 1,
+                target: Target::Upstream("a"),
+            },
+            2,
+        );
+        hub.handle(
+            Frame::Data {
+                id: 1,
+                bytes: b"new",
+            },
+            2,
+        );
+        assert!(matches!(
+            hub.lost(1, old),
+            Some(StreamError::Reset {
+                code: ResetCode::SessionLost,
+                ..
+            })
+        ));
+        assert!(hub.lost(1, hub.epoch()).is_none());
+        hub.forget(1, old);
+        let mut buf = [0u8; 8];
+        assert_eq!(hub.read(1, &mut buf).expect("new stream"), 3);
+    }
+
+    #[test]
+    fn routed_streams_wait_for_and_follow_their_replica() {
+        let mut edge = Mux::new_routed(Side::Edge, 8);
+        let id = edge.open(OwnedTarget::Upstream("a".into())).expect("open");
+        edge.write(id, b"held").expect("write");
+        assert_eq!(edge.next_route(), Some(None));
+        let mut w = BatchWriter::new(BatchHeader { sender: 1, seq: 1 });
+        edge.fill(&mut w, 64 * 1024, None);
+        let bytes = w.finish();
+        let (_, frames) = read_batch(&bytes).expect("batch");
+        let kinds: Vec<_> = frames.map(|f| f.expect("frame")).collect();
+        assert!(
+            matches!(kinds.as_slice(), [Frame::Open { .. }]),
+            "data waits: {kinds:?}"
+        );
+        assert_eq!(edge.next_route(), None);
+        edge.handle(Frame::Accept { id }, 0xab);
+        assert_eq!(edge.next_route(), Some(Some(0xab)));
+        // A replica's own opens are answered on its route.
+        edge.handle(
+            Frame::Open {
+                id: 2,
+                target: Target::Port(10250),
+            },
+            0xcd,
+        );
+        edge.accept(2);
+        assert_eq!(edge.next_route(), Some(Some(0xcd)));
     }
 }

@@ -18,7 +18,7 @@
 
 use crate::frame::{read_batch, BatchHeader, BatchWriter, ResetCode};
 use crate::mqtt::{self, Connack, Connect, ConnectReturnCode, Packet, Pid, Protocol, QoS, QosPid};
-use crate::mux::{Mux, Side};
+use crate::mux::{Mux, Route, Side};
 use crate::topic::NodeName;
 use crate::LinkError;
 use std::collections::VecDeque;
@@ -92,10 +92,14 @@ impl Config {
         let max_inflight = count("max_inflight", d.max_inflight, 1024);
         let max_streams = count("max_streams", d.max_streams, 1 << 20);
         let keepalive = match errors.opt(table.duration("keepalive")) {
-            Some(k) if k < Duration::from_secs(1) || k > Duration::from_secs(65535) => {
+            Some(k)
+                if k < Duration::from_secs(2)
+                    || k > Duration::from_secs(65535)
+                    || k.subsec_nanos() != 0 =>
+            {
                 errors.push(table.error(
                     "keepalive",
-                    "must be between 1s and 65535s (MQTT keepalive is in whole seconds)",
+                    "must be whole seconds between 2s and 65535s (MQTT keepalive is in seconds)",
                 ));
                 d.keepalive
             }
@@ -370,8 +374,8 @@ impl Session {
                 };
                 if p.topic_name != own.as_str() {
                     return Err(LinkError::ForeignTopic {
-                        node: self.node.to_string(),
-                        topic: p.topic_name.to_owned(),
+                        topic: p.topic_name.chars().take(200).collect(),
+                        expected: own.clone(),
                     });
                 }
                 match p.qospid {
@@ -447,6 +451,9 @@ impl Session {
     /// Hands a received batch to the mux unless it is a resend already seen.
     fn deliver(&mut self, payload: &[u8]) -> Result<(), LinkError> {
         let (header, frames) = read_batch(payload)?;
+        // Decode the whole batch before marking it seen: a batch that fails
+        // half way must not count as delivered when it is resent.
+        let frames: Vec<_> = frames.collect::<Result<_, _>>()?;
         if let Some(pos) = self.seen.iter().position(|(s, _)| *s == header.sender) {
             let (_, last) = self.seen.remove(pos);
             self.seen.push((header.sender, last.max(header.seq)));
@@ -460,7 +467,7 @@ impl Session {
             self.seen.push((header.sender, header.seq));
         }
         for frame in frames {
-            self.mux.handle(frame?);
+            self.mux.handle(frame, header.sender);
         }
         if self.mux.overloaded() {
             return Err(LinkError::Protocol(
@@ -476,18 +483,17 @@ impl Session {
         self.seen.clear();
         self.mux.reset_all(
             ResetCode::SessionLost,
-            "the hub restarted and lost the link session",
+            "the hub no longer had this node's session (hub restart, or the session expired)",
         );
         self.events.push_back(Event::SessionLost);
     }
 
-    /// Hub: the edge started afresh (clean session) while this session still
-    /// held streams of its previous run.
-    pub fn peer_restarted(&mut self) {
+    /// Hub: the session ends without the edge (it restarted with a clean
+    /// session, or the session expired): its streams are reset for `reason`.
+    pub fn peer_restarted(&mut self, reason: &str) {
         self.inflight.clear();
         self.seen.clear();
-        self.mux
-            .reset_all(ResetCode::SessionLost, "the edge restarted");
+        self.mux.reset_all(ResetCode::SessionLost, reason);
     }
 
     fn resend(&mut self) -> usize {
@@ -545,17 +551,20 @@ impl Session {
     /// has into publishes (as far as the in-flight limit allows).
     pub fn transmit(&mut self, now: Instant) -> Vec<u8> {
         if self.is_up() {
-            while self.inflight.len() < self.cfg.max_inflight && self.mux.wants_to_send() {
+            while self.inflight.len() < self.cfg.max_inflight {
+                let Some(route) = self.mux.next_route() else {
+                    break;
+                };
                 let mut batch = BatchWriter::new(BatchHeader {
                     sender: self.sender,
                     seq: self.next_seq,
                 });
-                self.mux.fill(&mut batch, self.cfg.max_batch);
+                self.mux.fill(&mut batch, self.cfg.max_batch, route);
                 if batch.is_empty() {
                     break;
                 }
                 self.next_seq += 1;
-                self.publish(&batch.finish());
+                self.publish(&batch.finish(), route);
             }
         }
         let out = std::mem::take(&mut self.out);
@@ -575,11 +584,16 @@ impl Session {
                 && self.mux.wants_to_send())
     }
 
-    fn publish(&mut self, payload: &[u8]) {
+    fn publish(&mut self, payload: &[u8], route: Route) {
         let id = self.take_pid();
-        let topic = match self.side {
-            Side::Edge => self.up_topic.as_str(),
-            Side::Hub => self.down_topic.as_str(),
+        let routed;
+        let topic = match (self.side, route) {
+            (Side::Edge, None) => self.up_topic.as_str(),
+            (Side::Edge, Some(hub)) => {
+                routed = crate::topic::replica_topic(&self.up_topic, hub);
+                routed.as_str()
+            }
+            (Side::Hub, _) => self.down_topic.as_str(),
         };
         let mut packet = Vec::with_capacity(payload.len() + topic.len() + 9);
         let publish = Packet::Publish(mqtt::Publish {

@@ -76,6 +76,12 @@ impl fmt::Display for NodeName {
     }
 }
 
+/// The sub-topic of `up` owned by hub replica `hub` behind a broker:
+/// `tether/<node>/up/<hub as 8 hex digits>`.
+pub fn replica_topic(up: &str, hub: u32) -> String {
+    format!("{up}/{hub:08x}")
+}
+
 /// Which way a topic carries frames, as seen from the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {

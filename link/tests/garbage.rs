@@ -419,7 +419,7 @@ fn drain_fill(mux: &mut Mux) {
             return;
         }
         let mut batch = BatchWriter::new(BatchHeader { sender: 1, seq: 1 });
-        mux.fill(&mut batch, 64 * 1024);
+        mux.fill(&mut batch, 64 * 1024, None);
         let bytes = batch.finish();
         let (_, frames) = read_batch(&bytes).expect("our own batch decodes");
         for f in frames {
@@ -434,7 +434,7 @@ fn run_mux(side: Side, max_streams: usize, ops: &[MuxOp]) {
     let mut buf = vec![0u8; 64 * 1024];
     for op in ops {
         match op {
-            MuxOp::Frame(f) => mux.handle(f.frame()),
+            MuxOp::Frame(f) => mux.handle(f.frame(), 1),
             MuxOp::Fill => drain_fill(&mut mux),
             MuxOp::Read(id) => {
                 while let Ok(n) = mux.read(*id, &mut buf) {

@@ -184,6 +184,7 @@ fn hub_restart_resets_streams() {
         .mux()
         .open(OwnedTarget::Upstream("x".into()))
         .expect("open");
+    let epoch = p.edge.mux().epoch();
     p.pump();
     p.cut();
     p.hub = Session::new(Side::Hub, node(), Config::default(), 33);
@@ -191,8 +192,8 @@ fn hub_restart_resets_streams() {
     let events: Vec<_> = std::iter::from_fn(|| p.edge.poll_event()).collect();
     assert!(events.contains(&Event::SessionLost), "{events:?}");
     assert!(matches!(
-        p.edge.mux().write(id, b"x"),
-        Err(tether_link::mux::StreamError::Reset {
+        p.edge.mux().lost(id, epoch),
+        Some(tether_link::mux::StreamError::Reset {
             code: ResetCode::SessionLost,
             ..
         })

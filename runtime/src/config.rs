@@ -41,7 +41,8 @@ pub struct Hub {
 pub struct Link {
     /// Session limits and keepalive (shared with the hub).
     pub session: session::Config,
-    /// Limit for TCP connect plus TLS handshake plus CONNACK.
+    /// Limit for name lookup, TCP connect and TLS handshake together (the
+    /// CONNACK wait is bounded by 1.5 × keepalive, like any silence).
     pub connect_timeout: Duration,
     /// First reconnect delay ceiling.
     pub backoff_initial: Duration,

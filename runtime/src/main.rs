@@ -47,7 +47,8 @@ CONFIG FILE (a strict TOML subset; unknown keys are errors):
     keepalive = \"60s\"               PINGREQ after this much silence; the
                                     link is dead after 1.5x with nothing
                                     received (black holes included).
-    connect_timeout = \"20s\"         TCP connect plus TLS handshake.
+    connect_timeout = \"20s\"         Name lookup, TCP connect and TLS
+                                    handshake together.
     backoff_initial = \"1s\"          Reconnect delays: random in [0, d] with
     backoff_max = \"60s\"             d doubling from initial up to max.
     max_inflight = 16               Unacknowledged QoS 1 publishes; beyond

@@ -233,7 +233,7 @@ async fn drive(link: &Link, conn: Conn, hub: &Hub, went_up: &mut bool, failures:
                 }
                 Event::SessionLost => {
                     warn!(
-                        "the hub lost this node's session (hub restart): open streams were reset"
+                        "the hub lost this node's session (hub restart, or the session expired): open streams were reset"
                     );
                 }
                 Event::ForeignSubscribe { .. } => {}
