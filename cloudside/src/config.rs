@@ -40,6 +40,18 @@ pub struct Expose {
     pub port: u16,
 }
 
+/// The MQTT broker a replica meets edges at, instead of (or besides)
+/// accepting direct links.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broker {
+    /// `host:port` of the broker (plain TCP on a trusted network or loopback).
+    pub address: String,
+    /// The replica's user at the broker.
+    pub username: Option<String>,
+    /// Its password, read from `password_file`.
+    pub password: Option<String>,
+}
+
 /// Limits that protect the hub from hostile or broken peers.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -58,8 +70,10 @@ pub struct Limits {
 pub struct HubConfig {
     /// error, warn, info, debug or trace.
     pub log_level: String,
-    /// Where edges link in.
-    pub listen_link: SocketAddr,
+    /// Where edges link in directly; `None` with only a broker.
+    pub listen_link: Option<SocketAddr>,
+    /// The broker, for scale-out with several replicas.
+    pub broker: Option<Broker>,
     /// Where /healthz, /metrics and /nodes are served.
     pub listen_admin: Option<SocketAddr>,
     /// `None`: plaintext links (tests only).
@@ -113,16 +127,13 @@ pub fn parse(text: &str, base: &Path) -> Result<HubConfig, Errors> {
     let (listen_link, listen_admin) = match errors.opt(root.table("listen")) {
         Some(mut t) => {
             let link = addr(&mut t, "link", &mut errors);
-            if link.is_none() && t.line_of("link").is_none() {
-                errors.push(t.error(
-                    "link",
-                    "missing: address edges link to, e.g. \"0.0.0.0:7443\"",
-                ));
-            }
             (link, addr(&mut t, "admin", &mut errors))
         }
         None => {
-            errors.push(root.error("listen", "missing [listen] table with link = \"host:port\""));
+            errors.push(root.error(
+                "listen",
+                "missing [listen] table with link = \"host:port\" (or admin only, with a [broker])",
+            ));
             (None, None)
         }
     };
@@ -154,9 +165,36 @@ pub fn parse(text: &str, base: &Path) -> Result<HubConfig, Errors> {
             }
         }
         None => {
-            errors.push(root.error("tls", "missing [tls] table with cert and key"));
+            if listen_link.is_some() {
+                errors.push(root.error("tls", "missing [tls] table with cert and key"));
+            }
             None
         }
+    };
+    let broker = match errors.opt(root.table("broker")) {
+        Some(mut t) => {
+            let address = errors.opt(t.str("address"));
+            if address.is_none() {
+                errors.push(t.error("address", "missing: the broker as \"host:port\""));
+            }
+            let username = errors.opt(t.str("username")).map(str::to_owned);
+            let password = match errors.opt(t.str("password_file")) {
+                Some(f) => match std::fs::read_to_string(base.join(f)) {
+                    Ok(p) => Some(p.trim().to_owned()),
+                    Err(e) => {
+                        errors.push(t.error("password_file", format!("cannot read {f}: {e}")));
+                        None
+                    }
+                },
+                None => None,
+            };
+            address.map(|a| Broker {
+                address: a.to_owned(),
+                username,
+                password,
+            })
+        }
+        None => None,
     };
     let token_file = match errors.opt(root.table("auth")) {
         Some(mut t) => errors.opt(t.str("token_file")).map(|p| base.join(p)),
@@ -252,17 +290,18 @@ pub fn parse(text: &str, base: &Path) -> Result<HubConfig, Errors> {
     }
     errors.take(root.finish());
     errors.into_result()?;
-    let listen_link = listen_link.ok_or_else(|| {
-        Errors(vec![tether_conf::Error::new(
+    if listen_link.is_none() && broker.is_none() {
+        return Err(Errors(vec![tether_conf::Error::new(
             None,
             Some("listen.link".into()),
-            "missing",
-        )])
-    })?;
+            "missing: where edges link in (or a [broker] to meet them at)",
+        )]));
+    }
     Ok(HubConfig {
         log_level,
         listen_link,
         listen_admin,
+        broker,
         tls,
         token_file,
         limits,

@@ -6,10 +6,12 @@
 //! - [`links`]: the link listener: handshake under deadline, attach, drive.
 //! - [`upstream`]: streams edges open to the hub's named upstreams.
 //! - [`expose`]: cloud-side ports that reach a port on an edge.
+//! - [`broker`]: the replica's broker connection, relaying node sessions.
 //! - [`admin`]: `/healthz`, `/metrics`, `/nodes`.
 
 pub mod admin;
 pub mod auth;
+pub mod broker;
 pub mod config;
 pub mod expose;
 pub mod links;

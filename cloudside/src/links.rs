@@ -251,27 +251,7 @@ async fn link<C>(
     let node = hello.node.clone();
     let (link, resumed, links) = {
         let mut reg = hub.registry.borrow_mut();
-        let entry = reg.nodes.entry(node.clone()).or_insert_with(|| {
-            let link = Link::new(Session::new(
-                Side::Hub,
-                node.clone(),
-                hub.cfg.session.clone(),
-                hub.sender,
-            ));
-            let server = hub
-                .ex
-                .spawn(upstream::serve(hub.clone(), node.clone(), link.clone()));
-            Node {
-                link,
-                linked: false,
-                linked_since: None,
-                down_since: None,
-                links: 0,
-                remote: None,
-                auth: method.as_str(),
-                server: Some(server),
-            }
-        });
+        let entry = node_entry(hub, &mut reg, &node, method.as_str());
         let existed = entry.links > 0;
         if hello.clean_session && existed {
             // The edge restarted: whatever its previous run left is void.
@@ -333,6 +313,37 @@ async fn link<C>(
         }
         e => info!("node {node} link from {peer} down: {e}"),
     }
+}
+
+/// The node's registry entry, created with its session and stream server
+/// on first sight.
+pub fn node_entry<'r>(
+    hub: &Rc<Hub>,
+    reg: &'r mut Registry,
+    node: &tether_link::topic::NodeName,
+    auth: &'static str,
+) -> &'r mut Node {
+    reg.nodes.entry(node.clone()).or_insert_with(|| {
+        let link = Link::new(Session::new(
+            Side::Hub,
+            node.clone(),
+            hub.cfg.session.clone(),
+            hub.sender,
+        ));
+        let server = hub
+            .ex
+            .spawn(upstream::serve(hub.clone(), node.clone(), link.clone()));
+        Node {
+            link,
+            linked: false,
+            linked_since: None,
+            down_since: None,
+            links: 0,
+            remote: None,
+            auth,
+            server: Some(server),
+        }
+    })
 }
 
 /// Forgets sessions whose node stayed away longer than `session_expiry`.

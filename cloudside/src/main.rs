@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::rc::Rc;
-use tether_hub::{admin, auth, config, expose, links};
+use tether_hub::{admin, auth, broker, config, expose, links};
 
 const HELP: &str = "\
 tether-hub: the cloud end of Tether. Accepts one MQTT-framed TLS link per
@@ -61,6 +61,11 @@ CONFIG FILE (a strict TOML subset; unknown keys are errors):
     max_batch = \"128KiB\"            sends and accepts.
     max_packet = \"256KiB\"
     max_streams = 4096
+
+    [broker]                        Scale-out: meet edges at an MQTT broker
+    address = \"127.0.0.1:1883\"     (several replicas share the work; see
+    username = \"hub\"               ARCHITECTURE.md). Edges then use
+    password_file = \"hub-pass\"     hub.broker = true.
 
     [upstream.NAME]                 Repeatable: what edges may reach, by
     address = \"10.0.0.1:6443\"       name (e.g. kube-apiserver). The hub
@@ -161,16 +166,24 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> 
         }
         None => None,
     };
-    if tokens.is_empty() && cfg.tls.as_ref().is_none_or(|t| t.client_ca.is_none()) {
+    if tokens.is_empty()
+        && cfg.listen_link.is_some()
+        && cfg.tls.as_ref().is_none_or(|t| t.client_ca.is_none())
+    {
         return Err(
             "no way for nodes to authenticate: set auth.token_file, or tls.client_ca".into(),
         );
     }
     let ex = Rc::new(smol::LocalExecutor::new());
     smol::block_on(ex.run(async {
-        let link_listener = smol::net::TcpListener::bind(cfg.listen_link)
-            .await
-            .map_err(|e| format!("listen.link {}: {e}", cfg.listen_link))?;
+        let link_listener = match cfg.listen_link {
+            Some(a) => Some(
+                smol::net::TcpListener::bind(a)
+                    .await
+                    .map_err(|e| format!("listen.link {a}: {e}"))?,
+            ),
+            None => None,
+        };
         let admin_listener = match cfg.listen_admin {
             Some(a) => Some(
                 smol::net::TcpListener::bind(a)
@@ -189,7 +202,7 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> 
         log::info!(
             "tether-hub {} listening for links on {}{}; admin on {}; {} node tokens, {} upstreams",
             env!("CARGO_PKG_VERSION"),
-            cfg.listen_link,
+            cfg.listen_link.map_or("-".to_string(), |a| a.to_string()),
             if cfg.tls.is_none() {
                 " (plaintext: tests only)"
             } else {
@@ -214,7 +227,13 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> 
             ex.spawn(expose::serve(hub.clone(), l, e)).detach();
         }
         ex.spawn(links::expire_sessions(hub.clone())).detach();
-        links::serve(hub, link_listener).await;
+        if cfg.broker.is_some() {
+            ex.spawn(broker::run(hub.clone())).detach();
+        }
+        match link_listener {
+            Some(l) => links::serve(hub, l).await,
+            None => std::future::pending::<()>().await,
+        }
         Ok(())
     }))
 }

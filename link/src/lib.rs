@@ -13,6 +13,8 @@
 //! - [`session`]: one node's MQTT session: QoS 1 in flight, exactly-once
 //!   delivery across reconnects, keepalive. Sans IO.
 //! - [`accept`]: the hub reading a link's CONNECT before a session exists.
+//! - [`relay`]: a hub replica's one broker connection, relaying many node
+//!   sessions (scale-out through an MQTT broker).
 //! - [`backoff`]: reconnect delays with full jitter.
 //! - [`tls`]: rustls configurations for both ends (ring provider).
 //! - [`io`]: the thin async layer both programs drive a session with:
@@ -29,6 +31,7 @@ pub mod io;
 pub mod logger;
 pub mod mqtt;
 pub mod mux;
+pub mod relay;
 pub mod session;
 pub mod tls;
 pub mod topic;

@@ -42,6 +42,10 @@ pub struct Config {
     pub max_inflight: usize,
     /// Most streams open at once on this link.
     pub max_streams: usize,
+    /// Edge behind a broker: route each stream to the hub replica that
+    /// accepted it (see [`Mux::new_routed`]). Set by the program, not read
+    /// from `[link]`.
+    pub routed: bool,
 }
 
 impl Default for Config {
@@ -52,6 +56,7 @@ impl Default for Config {
             max_batch: 128 * 1024,
             max_inflight: 16,
             max_streams: 4096,
+            routed: false,
         }
     }
 }
@@ -112,6 +117,7 @@ impl Config {
             max_batch,
             max_inflight,
             max_streams,
+            routed: false,
         }
     }
 }
@@ -147,8 +153,9 @@ struct Conn {
     last_tx: Instant,
     /// A PINGREQ is unanswered (edge).
     ping_pending: bool,
-    /// Silence after which the hub drops the link.
-    idle_limit: Duration,
+    /// Silence after which the hub drops the link; `None` for a session
+    /// relayed through a broker, whose liveness is the broker's business.
+    idle_limit: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -181,6 +188,10 @@ pub struct Session {
     events: VecDeque<Event>,
     /// Edge: a CONNACK was received before, so there is a session to resume.
     established: bool,
+    /// Hub: the session is relayed through a broker (see [`Session::hub_relayed`]).
+    relayed: bool,
+    /// Hub, relayed: the sender id of the edge process seen last.
+    edge_sender: Option<u32>,
     resent_total: u64,
 }
 
@@ -193,7 +204,11 @@ impl Session {
             up_topic: node.up(),
             down_topic: node.down(),
             node,
-            mux: Mux::new(side, cfg.max_streams),
+            mux: if cfg.routed {
+                Mux::new_routed(side, cfg.max_streams)
+            } else {
+                Mux::new(side, cfg.max_streams)
+            },
             cfg,
             sender,
             next_seq: 1,
@@ -204,6 +219,8 @@ impl Session {
             out: Vec::new(),
             events: VecDeque::new(),
             established: false,
+            relayed: false,
+            edge_sender: None,
             resent_total: 0,
         }
     }
@@ -243,7 +260,7 @@ impl Session {
     /// session, since a fresh process has nothing to resume; every reconnect
     /// asks to resume (`clean_session = false`).
     pub fn edge_connect(&mut self, now: Instant, username: Option<&str>, password: Option<&[u8]>) {
-        self.attach(now, Phase::AwaitConnack, Duration::MAX);
+        self.attach(now, Phase::AwaitConnack, None);
         let keep_alive = u16::try_from(self.cfg.keepalive.as_secs().max(1)).unwrap_or(u16::MAX);
         let connect = Packet::Connect(Connect {
             protocol: Protocol::MQTT311,
@@ -274,7 +291,22 @@ impl Session {
         } else {
             Duration::from_secs(u64::from(keep_alive)).mul_f32(1.5)
         };
-        self.attach(now, Phase::Up, idle_limit);
+        self.attach(now, Phase::Up, Some(idle_limit));
+        self.accepted(resumed);
+    }
+
+    /// Hub behind a broker: the node's session is relayed by the replica's
+    /// broker connection ([`crate::relay`]) instead of a link of its own.
+    /// There is no CONNECT from the edge and no hub-side idle limit; a new
+    /// edge process shows itself by a new batch sender and voids the
+    /// streams of the old one.
+    pub fn hub_relayed(&mut self, now: Instant, resumed: bool) {
+        self.relayed = true;
+        self.attach(now, Phase::Up, None);
+        self.accepted(resumed);
+    }
+
+    fn accepted(&mut self, resumed: bool) {
         encode(
             &mut self.out,
             &Packet::Connack(Connack {
@@ -286,7 +318,7 @@ impl Session {
         self.events.push_back(Event::Up { resumed, resent });
     }
 
-    fn attach(&mut self, now: Instant, phase: Phase, idle_limit: Duration) {
+    fn attach(&mut self, now: Instant, phase: Phase, idle_limit: Option<Duration>) {
         self.out.clear();
         self.conn = Some(Conn {
             phase,
@@ -454,6 +486,14 @@ impl Session {
         // Decode the whole batch before marking it seen: a batch that fails
         // half way must not count as delivered when it is resent.
         let frames: Vec<_> = frames.collect::<Result<_, _>>()?;
+        if self.relayed && self.edge_sender.is_some_and(|s| s != header.sender) {
+            // Behind a broker the hub sees no CONNECT: a new sender is a
+            // restarted edge, whose old streams are void.
+            self.peer_restarted("the edge restarted");
+        }
+        if self.relayed {
+            self.edge_sender = Some(header.sender);
+        }
         if let Some(pos) = self.seen.iter().position(|(s, _)| *s == header.sender) {
             let (_, last) = self.seen.remove(pos);
             self.seen.push((header.sender, last.max(header.seq)));
@@ -514,10 +554,10 @@ impl Session {
         };
         let silent = now.saturating_duration_since(conn.last_rx);
         let limit = match side {
-            Side::Edge => keepalive.mul_f32(1.5),
+            Side::Edge => Some(keepalive.mul_f32(1.5)),
             Side::Hub => conn.idle_limit,
         };
-        if silent >= limit {
+        if limit.is_some_and(|l| silent >= l) {
             return Err(LinkError::KeepaliveTimeout { silent });
         }
         if side == Side::Edge && conn.phase == Phase::Up && !conn.ping_pending {
@@ -535,7 +575,7 @@ impl Session {
         let conn = self.conn.as_ref()?;
         let k = self.cfg.keepalive;
         match self.side {
-            Side::Hub => Some(conn.last_rx + conn.idle_limit),
+            Side::Hub => conn.idle_limit.map(|l| conn.last_rx + l),
             Side::Edge => {
                 let dead = conn.last_rx + k.mul_f32(1.5);
                 if conn.ping_pending || conn.phase != Phase::Up {

@@ -31,6 +31,9 @@ pub struct Hub {
     pub plaintext: bool,
     /// The node's proof of identity.
     pub credentials: Option<Credentials>,
+    /// `address` is an MQTT broker shared with several hub replicas, not a
+    /// hub: streams are routed to the replica that accepted them.
+    pub broker: bool,
     /// Local address the link connects from (multi-homed boards); `None`
     /// lets the kernel choose.
     pub source_address: Option<std::net::IpAddr>,
@@ -216,6 +219,7 @@ fn read_hub(t: &mut Table<'_>, base: &Path, errors: &mut Errors) -> Option<Hub> 
         .unwrap_or(host.trim_start_matches('[').trim_end_matches(']'))
         .to_owned();
     let plaintext = errors.opt(t.bool("plaintext")).unwrap_or(false);
+    let broker = errors.opt(t.bool("broker")).unwrap_or(false);
     let source_address = errors
         .opt(t.str("source_address"))
         .and_then(|a| match a.parse() {
@@ -267,6 +271,7 @@ fn read_hub(t: &mut Table<'_>, base: &Path, errors: &mut Errors) -> Option<Hub> 
         ca,
         plaintext,
         credentials,
+        broker,
         source_address,
     })
 }

@@ -39,6 +39,8 @@ CONFIG FILE (a strict TOML subset; unknown keys are errors):
     key = \"node-key.pem\"            system:node:<node>, and its key; or
     token_file = \"token\"            a file holding the node's hub token.
     plaintext = false               No TLS: only for tests on loopback.
+    broker = false                  address is an MQTT broker that several
+                                    hub replicas share (scale-out).
     source_address = \"192.0.2.7\"    Local address to connect from
                                     [default: chosen by the kernel].
     (Relative paths are taken from the config file's folder.)
@@ -153,7 +155,7 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> 
     let tls = uplink::tls_connector(&cfg.hub)?;
     // One thread: the executor runs here; async-io adds only its reactor.
     let ex = std::rc::Rc::new(smol::LocalExecutor::new());
-    let link = uplink::new_link(cfg.node.clone(), &cfg.link);
+    let link = uplink::new_link(cfg.node.clone(), &cfg.link, cfg.hub.broker);
     smol::block_on(ex.run(async {
         let mut listeners = Vec::new();
         for f in &cfg.forwards {

@@ -24,12 +24,17 @@ use tether_link::topic::NodeName;
 /// A link that stayed up this long counts as healthy: backoff starts over.
 const HEALTHY_AFTER: Duration = Duration::from_secs(30);
 
-/// A fresh edge-side link for `node`.
-pub fn new_link(node: NodeName, cfg: &LinkConfig) -> Link {
+/// A fresh edge-side link for `node`; `broker` routes streams to hub
+/// replicas behind a broker.
+pub fn new_link(node: NodeName, cfg: &LinkConfig, broker: bool) -> Link {
+    let session = tether_link::session::Config {
+        routed: broker,
+        ..cfg.session.clone()
+    };
     Link::new(Session::new(
         Side::Edge,
         node,
-        cfg.session.clone(),
+        session,
         random_seed() as u32,
     ))
 }

@@ -2,5 +2,6 @@
 pub mod cluster;
 pub mod echo;
 pub mod faultproxy;
+pub mod mosquitto;
 pub mod pki;
 pub mod procs;

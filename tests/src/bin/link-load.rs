@@ -108,6 +108,7 @@ fn main() {
             ca: Some(ca),
             plaintext: false,
             credentials: None,
+            broker: false,
             source_address: None,
         };
         let tls = uplink::tls_connector(&probe)
@@ -127,7 +128,7 @@ fn main() {
                 source_address: Some(source),
                 ..probe.clone()
             };
-            let link = uplink::new_link(NodeName::new(&name).expect("name"), &timing);
+            let link = uplink::new_link(NodeName::new(&name).expect("name"), &timing, false);
             ex.spawn(uplink::run(link, cfg, timing.clone(), Some(tls.clone())))
                 .detach();
         }
