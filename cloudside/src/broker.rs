@@ -45,21 +45,34 @@ pub async fn run(hub: Rc<Hub>) {
         "relaying through the broker at {} as replica {:08x}",
         cfg.address, hub.sender
     );
+    let tls = match &cfg.ca {
+        Some(ca) => match tether_link::tls::client_config(ca, None) {
+            Ok(c) => Some(futures_rustls::TlsConnector::from(std::sync::Arc::new(c))),
+            Err(e) => {
+                log::error!("broker.ca: {e}; not relaying");
+                return;
+            }
+        },
+        None => None,
+    };
     loop {
         match smol::net::TcpStream::connect(cfg.address.as_str()).await {
             Ok(tcp) => {
                 let _ = tcp.set_nodelay(true);
                 let mut pipes: HashMap<NodeName, Sender<Vec<u8>>> = HashMap::new();
-                let reason = serve(
-                    &hub,
-                    &relay,
-                    tcp,
-                    &from_nodes_tx,
-                    &from_nodes,
-                    &mut pipes,
-                    &cfg,
-                )
-                .await;
+                let (tx, rx, p) = (&from_nodes_tx, &from_nodes, &mut pipes);
+                let reason = match &tls {
+                    None => serve(&hub, &relay, tcp, tx, rx, p, &cfg).await,
+                    Some(tls) => {
+                        match rustls::pki_types::ServerName::try_from(cfg.server_name.clone()) {
+                            Err(e) => format!("broker.server_name {:?}: {e}", cfg.server_name),
+                            Ok(name) => match tls.connect(name, tcp).await {
+                                Ok(s) => serve(&hub, &relay, s, tx, rx, p, &cfg).await,
+                                Err(e) => format!("TLS handshake with the broker failed: {e}"),
+                            },
+                        }
+                    }
+                };
                 relay.borrow_mut().disconnected();
                 // Closing the pipes ends the node drivers; the sessions stay.
                 drop(pipes);
@@ -77,10 +90,10 @@ pub async fn run(hub: Rc<Hub>) {
     }
 }
 
-async fn serve(
+async fn serve<C: AsyncRead + AsyncWrite + Unpin>(
     hub: &Rc<Hub>,
     relay: &Rc<RefCell<Relay>>,
-    tcp: smol::net::TcpStream,
+    tcp: C,
     from_nodes_tx: &Sender<FromNode>,
     from_nodes: &Receiver<FromNode>,
     pipes: &mut HashMap<NodeName, Sender<Vec<u8>>>,

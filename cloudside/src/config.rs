@@ -50,6 +50,10 @@ pub struct Broker {
     pub username: Option<String>,
     /// Its password, read from `password_file`.
     pub password: Option<String>,
+    /// CA of the broker's certificate: with it the connection uses TLS 1.3.
+    pub ca: Option<PathBuf>,
+    /// The name the broker's certificate must carry [default: its host].
+    pub server_name: String,
 }
 
 /// Limits that protect the hub from hostile or broken peers.
@@ -188,10 +192,19 @@ pub fn parse(text: &str, base: &Path) -> Result<HubConfig, Errors> {
                 },
                 None => None,
             };
+            let ca = errors.opt(t.str("ca")).map(|p| base.join(p));
+            let server_name = errors.opt(t.str("server_name")).map(str::to_owned);
             address.map(|a| Broker {
                 address: a.to_owned(),
                 username,
                 password,
+                ca,
+                server_name: server_name.unwrap_or_else(|| {
+                    a.rsplit_once(':')
+                        .map_or(a, |(h, _)| h)
+                        .trim_matches(['[', ']'])
+                        .to_owned()
+                }),
             })
         }
         None => None,

@@ -66,6 +66,8 @@ CONFIG FILE (a strict TOML subset; unknown keys are errors):
     address = \"127.0.0.1:1883\"     (several replicas share the work; see
     username = \"hub\"               ARCHITECTURE.md). Edges then use
     password_file = \"hub-pass\"     hub.broker = true.
+    ca = \"broker-ca.pem\"           TLS 1.3 to the broker, verified with
+    server_name = \"...\"            this CA [default name: its host].
 
     [upstream.NAME]                 Repeatable: what edges may reach, by
     address = \"10.0.0.1:6443\"       name (e.g. kube-apiserver). The hub

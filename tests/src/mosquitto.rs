@@ -35,8 +35,9 @@ pub fn binary() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Starts mosquitto on a free loopback port with `users` (name, password).
-pub fn start(pki: &Pki, users: &[(&str, &str)]) -> Mosquitto {
+/// Starts mosquitto on a free loopback port with `users` (name, password),
+/// serving TLS 1.3 with the test PKI's hub certificate if `tls`.
+pub fn start(pki: &Pki, users: &[(&str, &str)], tls: bool) -> Mosquitto {
     let bin = binary().expect("mosquitto is not installed: run .ci/run, which installs it");
     let passwd = pki.write("mosquitto.passwd", "");
     for (user, pass) in users {
@@ -54,7 +55,16 @@ pub fn start(pki: &Pki, users: &[(&str, &str)]) -> Mosquitto {
     let conf = pki.write(
         "mosquitto.conf",
         &format!(
-            "user root\nlistener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\nacl_file {}\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\n",
+            "user root\nlistener {port} 127.0.0.1\n{}allow_anonymous false\npassword_file {}\nacl_file {}\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\n",
+            if tls {
+                format!(
+                    "certfile {}\nkeyfile {}\ntls_version tlsv1.3\n",
+                    pki.hub_cert.display(),
+                    pki.hub_key.display()
+                )
+            } else {
+                String::new()
+            },
             passwd.display(),
             acl.display()
         ),

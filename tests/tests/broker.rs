@@ -22,14 +22,32 @@ struct Replica {
     admin: SocketAddr,
 }
 
-fn start_replica(pki: &Pki, broker: SocketAddr, echo: &EchoServer, n: usize) -> Replica {
+/// Whether the broker in a test serves TLS (the fleet then uses it too).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tls {
+    On,
+    Off,
+}
+
+fn tls_lines(pki: &Pki, tls: Tls) -> String {
+    match tls {
+        Tls::On => format!(
+            "ca = \"{}\"\nserver_name = \"localhost\"\n",
+            pki.ca.display()
+        ),
+        Tls::Off => String::new(),
+    }
+}
+
+fn start_replica(pki: &Pki, broker: SocketAddr, echo: &EchoServer, n: usize, tls: Tls) -> Replica {
     let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let pass = pki.write("hub-pass", HUB_PASSWORD);
     let cfg = pki.write(
         &format!("replica-{n}.toml"),
         &format!(
-            "log_level = \"debug\"\n[listen]\nadmin = \"{admin}\"\n[broker]\naddress = \"{broker}\"\nusername = \"hub\"\npassword_file = \"{}\"\n[link]\nkeepalive = \"5s\"\n[upstream.echo]\naddress = \"{}\"\n",
+            "log_level = \"debug\"\n[listen]\nadmin = \"{admin}\"\n[broker]\naddress = \"{broker}\"\nusername = \"hub\"\npassword_file = \"{}\"\n{}[link]\nkeepalive = \"5s\"\n[upstream.echo]\naddress = \"{}\"\n",
             pass.display(),
+            tls_lines(pki, tls),
             echo.addr()
         ),
     );
@@ -44,12 +62,16 @@ fn start_replica(pki: &Pki, broker: SocketAddr, echo: &EchoServer, n: usize) -> 
     Replica { proc, admin }
 }
 
-fn start_edge(pki: &Pki, node: &str, broker: SocketAddr, fwd: SocketAddr) -> Proc {
+fn start_edge(pki: &Pki, node: &str, broker: SocketAddr, fwd: SocketAddr, tls: Tls) -> Proc {
     let token = pki.write(&format!("token-{node}"), &token_of(node));
     let cfg = pki.write(
         &format!("edge-{node}.toml"),
         &format!(
-            "node = \"{node}\"\nlog_level = \"debug\"\n[hub]\naddress = \"{broker}\"\nbroker = true\nplaintext = true\ntoken_file = \"{}\"\n[link]\nkeepalive = \"5s\"\nbackoff_initial = \"100ms\"\nbackoff_max = \"1s\"\n[[forward]]\nlisten = \"{fwd}\"\nupstream = \"echo\"\n",
+            "node = \"{node}\"\nlog_level = \"debug\"\n[hub]\naddress = \"{broker}\"\nbroker = true\n{}token_file = \"{}\"\n[link]\nkeepalive = \"5s\"\nbackoff_initial = \"100ms\"\nbackoff_max = \"1s\"\n[[forward]]\nlisten = \"{fwd}\"\nupstream = \"echo\"\n",
+            match tls {
+                Tls::On => tls_lines(pki, tls),
+                Tls::Off => "plaintext = true\n".to_string(),
+            },
             token.display()
         ),
     );
@@ -71,13 +93,15 @@ fn streams_opened(admin: SocketAddr, node: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn broker_with_fleet(pki: &Pki) -> Mosquitto {
+fn broker_with_fleet(pki: &Pki, tls: Tls) -> Mosquitto {
     let t1 = token_of("edge-1");
     let t2 = token_of("edge-2");
-    mosquitto::start(
-        pki,
-        &[("hub", HUB_PASSWORD), ("edge-1", &t1), ("edge-2", &t2)],
-    )
+    let users = [
+        ("hub", HUB_PASSWORD),
+        ("edge-1", t1.as_str()),
+        ("edge-2", t2.as_str()),
+    ];
+    mosquitto::start(pki, &users, tls == Tls::On)
 }
 
 #[test]
@@ -87,16 +111,17 @@ fn two_replicas_share_the_streams_of_two_edges() {
     }
     let pki = Pki::new();
     let echo = EchoServer::start();
-    let broker = broker_with_fleet(&pki);
+    // TLS 1.3 everywhere: edges and replicas to the broker.
+    let broker = broker_with_fleet(&pki, Tls::On);
     let hubs = [
-        start_replica(&pki, broker.addr, &echo, 1),
-        start_replica(&pki, broker.addr, &echo, 2),
+        start_replica(&pki, broker.addr, &echo, 1, Tls::On),
+        start_replica(&pki, broker.addr, &echo, 2, Tls::On),
     ];
     let fwd1: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let fwd2: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let edges = [
-        start_edge(&pki, "edge-1", broker.addr, fwd1),
-        start_edge(&pki, "edge-2", broker.addr, fwd2),
+        start_edge(&pki, "edge-1", broker.addr, fwd1, Tls::On),
+        start_edge(&pki, "edge-2", broker.addr, fwd2, Tls::On),
     ];
     let mut runs = Vec::new();
     for i in 0..24 {
@@ -137,11 +162,11 @@ fn two_replicas_share_the_streams_of_two_edges() {
 fn a_replica_restart_leaves_the_fleet_served() {
     let pki = Pki::new();
     let echo = EchoServer::start();
-    let broker = broker_with_fleet(&pki);
-    let mut first = start_replica(&pki, broker.addr, &echo, 1);
-    let second = start_replica(&pki, broker.addr, &echo, 2);
+    let broker = broker_with_fleet(&pki, Tls::Off);
+    let mut first = start_replica(&pki, broker.addr, &echo, 1, Tls::Off);
+    let second = start_replica(&pki, broker.addr, &echo, 2, Tls::Off);
     let fwd: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let _edge = start_edge(&pki, "edge-1", broker.addr, fwd);
+    let _edge = start_edge(&pki, "edge-1", broker.addr, fwd, Tls::Off);
     first.proc.kill();
     // With one replica gone, the shared subscription hands every open to
     // the one that is left.
@@ -217,7 +242,7 @@ fn publish(tcp: &mut TcpStream, topic: &str, payload: &[u8]) {
 #[test]
 fn the_acl_keeps_each_node_to_its_own_topics() {
     let pki = Pki::new();
-    let broker = broker_with_fleet(&pki);
+    let broker = broker_with_fleet(&pki, Tls::Off);
     let mut observer = mqtt_client(broker.addr, "hub", HUB_PASSWORD);
     assert_eq!(subscribe(&mut observer, "tether/+/up/#"), 1);
     let mut thief = mqtt_client(broker.addr, "edge-2", &token_of("edge-2"));

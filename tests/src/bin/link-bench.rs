@@ -127,11 +127,12 @@ fn main() {
     );
     let frames = total.div_ceil(MAX_DATA_FRAME as u64);
     println!(
-        "stream overhead: {} bytes per {} KiB Data frame (frame header); on the wire {:.2} bytes per frame \
-         including MQTT header, topic, batch header, PUBACKs' share excluded ({} MQTT bytes for {} payload bytes)",
+        "stream overhead: {} bytes per {} KiB Data frame (its header); all link bytes the hub received over the payload: \
+         {:.2} bytes per {} KiB frame (MQTT headers, topics, batch headers, credit and PUBACK traffic; {} MQTT bytes for {} payload bytes)",
         data_frame_len(1, MAX_DATA_FRAME) - MAX_DATA_FRAME,
         MAX_DATA_FRAME / 1024,
         (wire.saturating_sub(total)) as f64 / frames as f64,
+        MAX_DATA_FRAME / 1024,
         wire,
         total
     );
