@@ -8,8 +8,10 @@
 //! - [`forward`]: local TCP ports whose connections become streams to a
 //!   named hub upstream (the kube-apiserver, to start with).
 //! - [`services`]: streams the hub opens towards local ports the config allows.
+//! - [`shutdown`]: SIGTERM/SIGINT end the link with a DISCONNECT.
 
 pub mod config;
 pub mod forward;
 pub mod services;
+pub mod shutdown;
 pub mod uplink;

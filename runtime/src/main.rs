@@ -1,9 +1,10 @@
 //! The tether-edge program: reads its config, keeps the link to the hub up
 //! and serves forwards and hub-opened streams, all on one thread.
 
+use futures_lite::FutureExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tether_edge::{config, forward, services, uplink};
+use tether_edge::{config, forward, services, shutdown, uplink};
 
 const HELP: &str = "\
 tether-edge: the Tether runtime on an edge board. Keeps one outbound,
@@ -153,6 +154,7 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> 
     let cfg = config::load(path)?;
     tether_link::logger::init(log_level.as_deref().unwrap_or(&cfg.log_level))?;
     let tls = uplink::tls_connector(&cfg.hub)?;
+    let terminated = shutdown::on_termination()?;
     // One thread: the executor runs here; async-io adds only its reactor.
     let ex = std::rc::Rc::new(smol::LocalExecutor::new());
     let link = uplink::new_link(cfg.node.clone(), &cfg.link, cfg.hub.broker);
@@ -182,7 +184,16 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> 
             cfg.allow_ports.clone(),
         ))
         .detach();
-        uplink::run(link.clone(), cfg.hub.clone(), cfg.link.clone(), tls).await;
+        let stop = async {
+            let signal = terminated.await;
+            log::info!("{signal}: disconnecting from the hub and stopping");
+            link.with_session(|s| s.disconnect());
+            // Give the driver a moment to put the DISCONNECT on the wire.
+            async_io::Timer::after(std::time::Duration::from_millis(300)).await;
+        };
+        uplink::run(link.clone(), cfg.hub.clone(), cfg.link.clone(), tls)
+            .or(stop)
+            .await;
         Ok(())
     }))
 }

@@ -452,7 +452,7 @@ fn node_cannot_touch_another_nodes_topics() {
         "hub answered the foreign PUBLISH: {got:02x?}"
     );
     w.hub_said(&format!(
-        "node edge-2 link from {peer} dropped: node edge-2 published to \"tether/edge-1/up\", which is not its own topic"
+        "node edge-2 link from {peer} dropped: publish to \"tether/edge-1/up\", which is not its own topic \"tether/edge-2/up\""
     ));
     assert!(!is_linked(w.hub.admin, "edge-2"));
     assert_eq!(

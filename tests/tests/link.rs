@@ -231,3 +231,30 @@ fn hub_reaches_only_allowed_edge_ports() {
     assert!(back.is_empty());
     assert!(edge.wait_for_log("which services.allow_ports does not allow", WAIT));
 }
+
+#[test]
+fn sigterm_disconnects_cleanly() {
+    let pki = Pki::new();
+    let hub = start_hub(&pki, Transport::Tls, &["edge-1"], "");
+    let mut edge = start_edge(
+        &pki,
+        "edge-1",
+        hub.link,
+        Transport::Tls,
+        EdgeAuth::Token,
+        "",
+    );
+    assert!(wait_linked(hub.admin, "edge-1", WAIT));
+    edge.stop();
+    assert!(
+        edge.logs().contains("SIGTERM: disconnecting"),
+        "{}",
+        edge.logs()
+    );
+    assert!(
+        hub.proc.wait_for_log("closed by the edge", WAIT),
+        "{}",
+        hub.proc.logs()
+    );
+    assert!(!is_linked(hub.admin, "edge-1"));
+}
