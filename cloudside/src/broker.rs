@@ -25,8 +25,22 @@ use tether_link::topic::NodeName;
 /// Bytes a node session wrote, tagged with its node.
 type FromNode = (NodeName, Vec<u8>);
 
+/// TCP connect plus TLS handshake to the broker must finish within this.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The TLS client for the broker, if `[broker] ca` is set. Built at start
+/// so that a bad CA file stops the hub with a clear error.
+pub fn tls(cfg: &crate::config::Broker) -> Result<Option<futures_rustls::TlsConnector>, String> {
+    match &cfg.ca {
+        Some(ca) => tether_link::tls::client_config(ca, None)
+            .map(|c| Some(futures_rustls::TlsConnector::from(std::sync::Arc::new(c))))
+            .map_err(|e| format!("broker.ca: {e}")),
+        None => Ok(None),
+    }
+}
+
 /// Keeps the broker connection up and relays for as long as the hub runs.
-pub async fn run(hub: Rc<Hub>) {
+pub async fn run(hub: Rc<Hub>, tls: Option<futures_rustls::TlsConnector>) {
     let Some(cfg) = hub.cfg.broker.clone() else {
         return;
     };
@@ -45,28 +59,31 @@ pub async fn run(hub: Rc<Hub>) {
         "relaying through the broker at {} as replica {:08x}",
         cfg.address, hub.sender
     );
-    let tls = match &cfg.ca {
-        Some(ca) => match tether_link::tls::client_config(ca, None) {
-            Ok(c) => Some(futures_rustls::TlsConnector::from(std::sync::Arc::new(c))),
-            Err(e) => {
-                log::error!("broker.ca: {e}; not relaying");
-                return;
-            }
-        },
-        None => None,
-    };
     loop {
-        match smol::net::TcpStream::connect(cfg.address.as_str()).await {
+        let connect = smol::net::TcpStream::connect(cfg.address.as_str()).or(async {
+            async_io::Timer::after(CONNECT_TIMEOUT).await;
+            Err(io::ErrorKind::TimedOut.into())
+        });
+        match connect.await {
             Ok(tcp) => {
                 let _ = tcp.set_nodelay(true);
                 let mut pipes: HashMap<NodeName, Sender<Vec<u8>>> = HashMap::new();
                 let (tx, rx, p) = (&from_nodes_tx, &from_nodes, &mut pipes);
+                let came_up = std::cell::Cell::new(false);
+                let p = (p, &came_up);
                 let reason = match &tls {
                     None => serve(&hub, &relay, tcp, tx, rx, p, &cfg).await,
                     Some(tls) => {
                         match rustls::pki_types::ServerName::try_from(cfg.server_name.clone()) {
                             Err(e) => format!("broker.server_name {:?}: {e}", cfg.server_name),
-                            Ok(name) => match tls.connect(name, tcp).await {
+                            Ok(name) => match tls
+                                .connect(name, tcp)
+                                .or(async {
+                                    async_io::Timer::after(CONNECT_TIMEOUT).await;
+                                    Err(io::ErrorKind::TimedOut.into())
+                                })
+                                .await
+                            {
                                 Ok(s) => serve(&hub, &relay, s, tx, rx, p, &cfg).await,
                                 Err(e) => format!("TLS handshake with the broker failed: {e}"),
                             },
@@ -83,6 +100,9 @@ pub async fn run(hub: Rc<Hub>) {
                     }
                 }
                 warn!("broker connection to {} lost: {reason}", cfg.address);
+                if came_up.get() {
+                    backoff.reset();
+                }
             }
             Err(e) => warn!("cannot reach the broker at {}: {e}", cfg.address),
         }
@@ -96,7 +116,10 @@ async fn serve<C: AsyncRead + AsyncWrite + Unpin>(
     tcp: C,
     from_nodes_tx: &Sender<FromNode>,
     from_nodes: &Receiver<FromNode>,
-    pipes: &mut HashMap<NodeName, Sender<Vec<u8>>>,
+    (pipes, came_up): (
+        &mut HashMap<NodeName, Sender<Vec<u8>>>,
+        &std::cell::Cell<bool>,
+    ),
     cfg: &crate::config::Broker,
 ) -> String {
     relay.borrow_mut().connect(
@@ -123,6 +146,7 @@ async fn serve<C: AsyncRead + AsyncWrite + Unpin>(
                 match event {
                     None => break,
                     Some(RelayEvent::Up) => {
+                        came_up.set(true);
                         info!(
                             "broker connection up; relaying for replica {:08x}",
                             hub.sender
@@ -143,15 +167,18 @@ async fn serve<C: AsyncRead + AsyncWrite + Unpin>(
                     }
                     Some(RelayEvent::ToNode { node, bytes }) => {
                         let existing = pipes.borrow().get(&node).cloned();
-                        let pipe = match existing {
-                            Some(p) => p,
-                            None => {
-                                let p = attach(hub, &node, from_nodes_tx, cfg);
-                                pipes.borrow_mut().insert(node.clone(), p.clone());
-                                p
-                            }
+                        let bytes = match existing {
+                            Some(p) => match p.try_send(bytes) {
+                                Ok(()) => continue,
+                                // The node's session driver ended (it broke
+                                // the protocol): attach it afresh.
+                                Err(e) => e.into_inner(),
+                            },
+                            None => bytes,
                         };
+                        let pipe = attach(hub, &node, from_nodes_tx, cfg);
                         let _ = pipe.try_send(bytes);
+                        pipes.borrow_mut().insert(node, pipe);
                     }
                 }
             }

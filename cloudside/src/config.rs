@@ -133,13 +133,8 @@ pub fn parse(text: &str, base: &Path) -> Result<HubConfig, Errors> {
             let link = addr(&mut t, "link", &mut errors);
             (link, addr(&mut t, "admin", &mut errors))
         }
-        None => {
-            errors.push(root.error(
-                "listen",
-                "missing [listen] table with link = \"host:port\" (or admin only, with a [broker])",
-            ));
-            (None, None)
-        }
+        // Missing link addresses are reported below, knowing about [broker].
+        None => (None, None),
     };
     let tls = match errors.opt(root.table("tls")) {
         Some(mut t) => {

@@ -31,7 +31,8 @@ CONFIG FILE (a strict TOML subset; unknown keys are errors):
     log_level = \"info\"
 
     [listen]
-    link = \"0.0.0.0:7443\"           Where edges link in (required).
+    link = \"0.0.0.0:7443\"           Where edges link in (required unless
+                                    a [broker] is set).
     admin = \"127.0.0.1:7080\"        /healthz, /metrics, /nodes (optional).
 
     [tls]
@@ -176,6 +177,10 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> 
             "no way for nodes to authenticate: set auth.token_file, or tls.client_ca".into(),
         );
     }
+    let broker_tls = match &cfg.broker {
+        Some(b) => broker::tls(b)?,
+        None => None,
+    };
     let ex = Rc::new(smol::LocalExecutor::new());
     smol::block_on(ex.run(async {
         let link_listener = match cfg.listen_link {
@@ -230,7 +235,7 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> 
         }
         ex.spawn(links::expire_sessions(hub.clone())).detach();
         if cfg.broker.is_some() {
-            ex.spawn(broker::run(hub.clone())).detach();
+            ex.spawn(broker::run(hub.clone(), broker_tls)).detach();
         }
         match link_listener {
             Some(l) => links::serve(hub, l).await,

@@ -121,7 +121,12 @@ pub struct BatchHeader {
     /// Random per process start of the sender: tells resent batches of this
     /// sender apart from those of a restarted one or of another hub replica.
     pub sender: u32,
-    /// Counts the sender's batches from 1; a receiver drops any batch whose
+    /// The sender's sequence space: 0 for a link's default topic, the hub
+    /// replica's id for batches an edge routes to that replica through a
+    /// broker. MQTT keeps order only per topic, so each topic gets its own
+    /// sequence.
+    pub lane: u32,
+    /// Counts the sender's batches in this lane from 1; a receiver drops any batch whose
     /// number it has already seen from this sender (a QoS 1 resend).
     pub seq: u64,
 }
@@ -260,7 +265,11 @@ mod tests {
                 target: Target::Port(10250),
             },
         ];
-        let header = BatchHeader { sender: 7, seq: 1 };
+        let header = BatchHeader {
+            sender: 7,
+            lane: 0,
+            seq: 1,
+        };
         let mut w = BatchWriter::new(header);
         for f in &frames {
             w.push(f);

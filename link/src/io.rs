@@ -352,6 +352,7 @@ impl Inner {
                 StreamEvent::Writable { .. } => wake(&mut self.writers, id),
                 StreamEvent::Reset { .. } => {
                     self.incoming.retain(|(i, _)| *i != id);
+                    self.accepted.remove(&id);
                     wake(&mut self.readers, id);
                     wake(&mut self.writers, id);
                 }

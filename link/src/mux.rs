@@ -245,6 +245,16 @@ impl Mux {
         }
     }
 
+    /// Starts numbering this side's streams at `first` (its parity is
+    /// corrected to this side's).
+    pub fn first_id(&mut self, first: StreamId) {
+        self.next_id = match self.side {
+            Side::Edge => first | 1,
+            Side::Hub => first & !1,
+        }
+        .max(1);
+    }
+
     /// The most streams this link carries at once.
     pub fn max_streams(&self) -> usize {
         self.max_streams
@@ -741,7 +751,11 @@ mod tests {
     fn pump(from: &mut Mux, to: &mut Mux) -> usize {
         let mut n = 0;
         while from.wants_to_send() {
-            let mut w = BatchWriter::new(BatchHeader { sender: 1, seq: 1 });
+            let mut w = BatchWriter::new(BatchHeader {
+                sender: 1,
+                lane: 0,
+                seq: 1,
+            });
             from.fill(&mut w, 64 * 1024, None);
             let bytes = w.finish();
             let (_, frames) = read_batch(&bytes).expect("batch");
@@ -828,7 +842,11 @@ mod tests {
             .expect("open");
         edge.write(small, b"ping").expect("write");
         // The first batch already carries the small stream's data.
-        let mut w = BatchWriter::new(BatchHeader { sender: 1, seq: 1 });
+        let mut w = BatchWriter::new(BatchHeader {
+            sender: 1,
+            lane: 0,
+            seq: 1,
+        });
         edge.fill(&mut w, 64 * 1024, None);
         let bytes = w.finish();
         let (_, frames) = read_batch(&bytes).expect("batch");
@@ -1006,7 +1024,11 @@ mod tests {
         let id = edge.open(OwnedTarget::Upstream("a".into())).expect("open");
         edge.write(id, b"held").expect("write");
         assert_eq!(edge.next_route(), Some(None));
-        let mut w = BatchWriter::new(BatchHeader { sender: 1, seq: 1 });
+        let mut w = BatchWriter::new(BatchHeader {
+            sender: 1,
+            lane: 0,
+            seq: 1,
+        });
         edge.fill(&mut w, 64 * 1024, None);
         let bytes = w.finish();
         let (_, frames) = read_batch(&bytes).expect("batch");

@@ -15,9 +15,13 @@
 //! ids, which are per connection in MQTT: a node session's PUBLISH gets a
 //! broker packet id, and the broker's PUBACK for it goes back to the node
 //! session under the node's own id. The broker's PUBLISHes go to the node
-//! session as they are (their topic normalised to `tether/<node>/up`), and
-//! the node session's PUBACK goes to the broker: a message is acknowledged
-//! to the broker only once its node session has taken it.
+//! session as they are (their topic normalised to `tether/<node>/up`) and
+//! are acknowledged to the broker at once: the node session lives in this
+//! same process, so a message the relay holds reaches it unless the process
+//! dies, and then the streams it belonged to die with the replica anyway.
+//! Acking at once also means a failing node session can never hold the
+//! broker's in-flight window for the whole replica. The node session's own
+//! PUBACKs are dropped.
 
 use crate::mqtt::{self, Connect, ConnectReturnCode, Packet, Pid, Protocol, QoS, QosPid};
 use crate::topic::NodeName;
@@ -244,6 +248,9 @@ impl Relay {
             }
             return Ok(());
         };
+        if let QosPid::AtLeastOnce(id) = p.qospid {
+            encode(&mut self.out, &Packet::Puback(id));
+        }
         let topic = node.up();
         let mut bytes = Vec::with_capacity(p.payload.len() + topic.len() + 8);
         encode(
@@ -272,21 +279,18 @@ impl Relay {
     }
 
     /// Takes packets a node session wrote: its PUBLISHes go to the broker
-    /// under broker packet ids, its PUBACKs as they are.
+    /// under broker packet ids; its PUBACKs were given to the broker already.
     pub fn from_node(&mut self, node: &NodeName, bytes: &[u8]) -> Result<(), LinkError> {
         if !self.is_up() {
             return Ok(()); // the node session resends when attached again
         }
         let mut used = 0;
         while let Some((packet, n)) = mqtt::decode(&bytes[used..], usize::MAX >> 4)? {
-            match packet {
-                Packet::Publish(_) => {
-                    self.waiting
-                        .push_back((node.clone(), bytes[used..used + n].to_vec()));
-                }
-                Packet::Puback(id) => encode(&mut self.out, &Packet::Puback(id)),
-                // CONNACK from attaching, and nothing else a hub session sends.
-                _ => {}
+            // Only PUBLISHes go on. PUBACKs (the broker had its own at
+            // once) and the CONNACK of attaching stay here.
+            if let Packet::Publish(_) = packet {
+                self.waiting
+                    .push_back((node.clone(), bytes[used..used + n].to_vec()));
             }
             used += n;
         }
@@ -450,11 +454,12 @@ mod tests {
         assert!(
             matches!(p, Packet::Publish(p) if p.topic_name == "tether/edge-1/up" && p.payload == b"batch")
         );
-        // The node session acks it: the ack goes to the broker unchanged.
+        // The broker got its PUBACK at once; the node session's is dropped.
         let mut ack = Vec::new();
         mqtt::encode(&Packet::Puback(pid_of(77)), &mut ack).expect("encode");
-        relay.from_node(&node, &ack).expect("ack");
         assert_eq!(relay.transmit(now), ack);
+        relay.from_node(&node, &ack).expect("ack");
+        assert_eq!(relay.transmit(now), Vec::<u8>::new());
         // The node session publishes with its id 5: the broker sees another.
         let mut publish = Vec::new();
         mqtt::encode(

@@ -166,7 +166,7 @@ struct InFlight {
 
 /// Senders whose sequence numbers a receiver remembers (a hub and its
 /// restarted self, or several hub replicas behind a broker).
-const MAX_SENDERS: usize = 8;
+const MAX_LANES: usize = 32;
 
 /// One node's session, on the edge or on the hub.
 #[derive(Debug)]
@@ -177,9 +177,10 @@ pub struct Session {
     down_topic: String,
     cfg: Config,
     sender: u32,
-    next_seq: u64,
-    /// Highest sequence number seen per sender, most recent sender last.
-    seen: Vec<(u32, u64)>,
+    /// Next sequence number per lane (see [`BatchHeader::lane`]).
+    next_seq: Vec<(u32, u64)>,
+    /// Highest sequence number seen per (sender, lane), most recent last.
+    seen: Vec<((u32, u32), u64)>,
     inflight: VecDeque<InFlight>,
     next_pid: u16,
     mux: Mux,
@@ -204,14 +205,22 @@ impl Session {
             up_topic: node.up(),
             down_topic: node.down(),
             node,
-            mux: if cfg.routed {
-                Mux::new_routed(side, cfg.max_streams)
-            } else {
-                Mux::new(side, cfg.max_streams)
+            mux: {
+                let mut mux = if cfg.routed {
+                    Mux::new_routed(side, cfg.max_streams)
+                } else {
+                    Mux::new(side, cfg.max_streams)
+                };
+                if side == Side::Hub {
+                    // Replicas behind one broker all open streams to the
+                    // same edge: random starting points keep their ids apart.
+                    mux.first_id(2 + 2 * (sender % (1 << 30)));
+                }
+                mux
             },
             cfg,
             sender,
-            next_seq: 1,
+            next_seq: Vec::new(),
             seen: Vec::new(),
             inflight: VecDeque::new(),
             next_pid: 1,
@@ -494,17 +503,18 @@ impl Session {
         if self.relayed {
             self.edge_sender = Some(header.sender);
         }
-        if let Some(pos) = self.seen.iter().position(|(s, _)| *s == header.sender) {
+        let key = (header.sender, header.lane);
+        if let Some(pos) = self.seen.iter().position(|(k, _)| *k == key) {
             let (_, last) = self.seen.remove(pos);
-            self.seen.push((header.sender, last.max(header.seq)));
+            self.seen.push((key, last.max(header.seq)));
             if header.seq <= last {
                 return Ok(());
             }
         } else {
-            if self.seen.len() == MAX_SENDERS {
+            if self.seen.len() == MAX_LANES {
                 self.seen.remove(0);
             }
-            self.seen.push((header.sender, header.seq));
+            self.seen.push((key, header.seq));
         }
         for frame in frames {
             self.mux.handle(frame, header.sender);
@@ -595,15 +605,18 @@ impl Session {
                 let Some(route) = self.mux.next_route() else {
                     break;
                 };
+                let lane = route.unwrap_or(0);
+                let seq = self.take_seq(lane);
                 let mut batch = BatchWriter::new(BatchHeader {
                     sender: self.sender,
-                    seq: self.next_seq,
+                    lane,
+                    seq,
                 });
                 self.mux.fill(&mut batch, self.cfg.max_batch, route);
                 if batch.is_empty() {
+                    self.untake_seq(lane);
                     break;
                 }
-                self.next_seq += 1;
                 self.publish(&batch.finish(), route);
             }
         }
@@ -650,6 +663,29 @@ impl Session {
         }
         self.out.extend_from_slice(&packet);
         self.inflight.push_back(InFlight { pid: id, packet });
+    }
+
+    /// The next sequence number of `lane`. Lanes are the routes the mux
+    /// uses: one per hub replica an edge talks to, so they stay few; the
+    /// oldest is forgotten beyond [`MAX_LANES`].
+    fn take_seq(&mut self, lane: u32) -> u64 {
+        if let Some(pos) = self.next_seq.iter().position(|(l, _)| *l == lane) {
+            // Most recently used last: what falls out is a replica long gone.
+            let (_, seq) = self.next_seq.remove(pos);
+            self.next_seq.push((lane, seq + 1));
+            return seq + 1;
+        }
+        if self.next_seq.len() == MAX_LANES {
+            self.next_seq.remove(0);
+        }
+        self.next_seq.push((lane, 1));
+        1
+    }
+
+    fn untake_seq(&mut self, lane: u32) {
+        if let Some(entry) = self.next_seq.iter_mut().find(|(l, _)| *l == lane) {
+            entry.1 -= 1;
+        }
     }
 
     fn take_pid(&mut self) -> u16 {

@@ -418,7 +418,11 @@ fn drain_fill(mux: &mut Mux) {
         if !mux.wants_to_send() {
             return;
         }
-        let mut batch = BatchWriter::new(BatchHeader { sender: 1, seq: 1 });
+        let mut batch = BatchWriter::new(BatchHeader {
+            sender: 1,
+            lane: 0,
+            seq: 1,
+        });
         mux.fill(&mut batch, 64 * 1024, None);
         let bytes = batch.finish();
         let (_, frames) = read_batch(&bytes).expect("our own batch decodes");
@@ -511,7 +515,11 @@ fn feed_hub(chunks: &[Vec<u8>]) {
 
 /// A batch payload of `frames` from sender `sender`, number `seq`.
 fn batch(sender: u32, seq: u64, frames: &[FrameSpec]) -> Vec<u8> {
-    let mut w = BatchWriter::new(BatchHeader { sender, seq });
+    let mut w = BatchWriter::new(BatchHeader {
+        sender,
+        lane: 0,
+        seq,
+    });
     for f in frames {
         w.push(&f.frame());
     }
@@ -696,7 +704,7 @@ proptest! {
     fn batches_roundtrip(sender in any::<u32>(), seq in any::<u64>(), frames in proptest::collection::vec(frame_spec(20_000), 0..12), flip in any::<(usize, u8)>()) {
         let bytes = batch(sender, seq, &frames);
         let (header, it) = read_batch(&bytes).expect("header");
-        prop_assert_eq!(header, BatchHeader { sender, seq });
+        prop_assert_eq!(header, BatchHeader { sender, lane: 0, seq });
         let back: Vec<Frame<'_>> = it.collect::<Result<_, _>>().expect("frames");
         let want: Vec<Frame<'_>> = frames.iter().map(FrameSpec::frame).collect();
         prop_assert_eq!(back, want);

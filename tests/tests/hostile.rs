@@ -423,6 +423,7 @@ fn node_cannot_touch_another_nodes_topics() {
     let connections_before = w.echo.connections();
     let mut batch = tether_link::frame::BatchWriter::new(tether_link::frame::BatchHeader {
         sender: 0xbad,
+        lane: 0,
         seq: 1,
     });
     batch.push(&tether_link::frame::Frame::Open {
