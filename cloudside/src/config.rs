@@ -96,10 +96,7 @@ pub struct HubConfig {
 
 /// Reads and checks the config file at `path`.
 pub fn load(path: &Path) -> Result<HubConfig, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    parse(&text, path.parent().unwrap_or(Path::new(".")))
-        .map_err(|e| format!("{}:\n{e}", path.display()))
+    tether_conf::cli::load(path, parse)
 }
 
 fn addr(t: &mut Table<'_>, key: &str, errors: &mut Errors) -> Option<SocketAddr> {

@@ -1,9 +1,9 @@
 //! The tether-hub program: reads its config, listens for links, relays
 //! streams, serves its admin port, all on one thread.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::rc::Rc;
+use tether_conf::cli::{self, Command};
 use tether_hub::{admin, auth, broker, config, expose, links};
 
 const HELP: &str = "\
@@ -80,47 +80,9 @@ CONFIG FILE (a strict TOML subset; unknown keys are errors):
     port = 22
 ";
 
-enum Command {
-    Run {
-        config: PathBuf,
-        log_level: Option<String>,
-    },
-    Check(PathBuf),
-    Help,
-    Version,
-}
-
-fn parse_args(args: &[String]) -> Result<Command, String> {
-    let mut config = PathBuf::from("/etc/tether/hub.toml");
-    let mut log_level = None;
-    let mut check = false;
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "-h" | "--help" | "help" => return Ok(Command::Help),
-            "-V" | "--version" => return Ok(Command::Version),
-            "run" => {}
-            "check-config" => {
-                check = true;
-                config = PathBuf::from(it.next().ok_or("check-config needs a FILE")?);
-            }
-            "-c" | "--config" => config = PathBuf::from(it.next().ok_or("--config needs a FILE")?),
-            "--log-level" => {
-                log_level = Some(it.next().ok_or("--log-level needs a LEVEL")?.clone())
-            }
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    Ok(if check {
-        Command::Check(config)
-    } else {
-        Command::Run { config, log_level }
-    })
-}
-
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match parse_args(&args) {
+    match cli::parse(&args, "/etc/tether/hub.toml") {
         Err(e) => {
             eprintln!("tether-hub: {e}\nTry 'tether-hub --help'.");
             ExitCode::from(2)

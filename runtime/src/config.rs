@@ -82,10 +82,7 @@ pub struct EdgeConfig {
 /// Reads and checks the config file at `path`. The error lists every
 /// problem with its line and key.
 pub fn load(path: &Path) -> Result<EdgeConfig, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    parse(&text, path.parent().unwrap_or(Path::new(".")))
-        .map_err(|e| format!("{}:\n{e}", path.display()))
+    tether_conf::cli::load(path, parse)
 }
 
 /// Parses config text; relative paths are taken from `base`.

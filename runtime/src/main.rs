@@ -2,8 +2,8 @@
 //! and serves forwards and hub-opened streams, all on one thread.
 
 use futures_lite::FutureExt;
-use std::path::PathBuf;
 use std::process::ExitCode;
+use tether_conf::cli::{self, Command};
 use tether_edge::{config, forward, services, shutdown, uplink};
 
 const HELP: &str = "\
@@ -68,53 +68,9 @@ CONFIG FILE (a strict TOML subset; unknown keys are errors):
     upstream = \"kube-apiserver\"     the hub.
 ";
 
-enum Command {
-    Run {
-        config: PathBuf,
-        log_level: Option<String>,
-    },
-    Check(PathBuf),
-    Help,
-    Version,
-}
-
-fn parse_args(args: &[String]) -> Result<Command, String> {
-    let mut config = PathBuf::from("/etc/tether/edge.toml");
-    let mut log_level = None;
-    let mut check = false;
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "-h" | "--help" | "help" => return Ok(Command::Help),
-            "-V" | "--version" => return Ok(Command::Version),
-            "run" => {}
-            "check-config" => {
-                check = true;
-                if let Some(file) = it.next() {
-                    config = PathBuf::from(file);
-                } else {
-                    return Err("check-config needs a FILE".into());
-                }
-            }
-            "-c" | "--config" => {
-                config = PathBuf::from(it.next().ok_or("--config needs a FILE")?);
-            }
-            "--log-level" => {
-                log_level = Some(it.next().ok_or("--log-level needs a LEVEL")?.clone());
-            }
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    Ok(if check {
-        Command::Check(config)
-    } else {
-        Command::Run { config, log_level }
-    })
-}
-
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = match parse_args(&args) {
+    let command = match cli::parse(&args, "/etc/tether/edge.toml") {
         Ok(c) => c,
         Err(e) => {
             eprintln!("tether-edge: {e}\nTry 'tether-edge --help'.");

@@ -1,4 +1,5 @@
 //! Test support for the system tests.
+pub mod bench;
 pub mod cluster;
 pub mod echo;
 pub mod faultproxy;

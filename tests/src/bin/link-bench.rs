@@ -14,30 +14,12 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 use tether_link::frame::data_frame_len;
 use tether_link::mux::MAX_DATA_FRAME;
+use tether_tests::bench::{arg, status_kib};
 use tether_tests::cluster::{node_field, start_edge, start_hub, wait_linked, EdgeAuth, Transport};
 use tether_tests::echo::SinkServer;
 use tether_tests::faultproxy::FaultProxy;
 use tether_tests::pki::Pki;
 use tether_tests::procs::free_port;
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
 
 fn bytes_in(admin: SocketAddr) -> u64 {
     node_field(admin, "edge-1", "bytes_in")
@@ -80,8 +62,8 @@ fn main() {
 
     // Idle first, while nothing else has run on the link.
     std::thread::sleep(Duration::from_secs(3));
-    let rss = rss_kib(edge.pid(), "VmRSS:");
-    let hwm = rss_kib(edge.pid(), "VmHWM:");
+    let rss = status_kib(edge.pid(), "VmRSS:");
+    let hwm = status_kib(edge.pid(), "VmHWM:");
     println!("edge idle RSS, link up over TLS: {rss} KiB (peak {hwm} KiB)");
 
     let (up0, down0) = (proxy.bytes_up(), proxy.bytes_down());

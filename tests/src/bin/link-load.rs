@@ -17,27 +17,9 @@ use tether_edge::config::{Credentials, Hub as HubCfg, Link as LinkCfg};
 use tether_edge::uplink;
 use tether_link::session;
 use tether_link::topic::NodeName;
+use tether_tests::bench::{arg, status_kib};
 use tether_tests::cluster::{metric, start_hub, start_hub_on, token_of, Transport};
 use tether_tests::pki::Pki;
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
 
 fn node(i: u64) -> String {
     format!("load-{i:05}")
@@ -95,7 +77,7 @@ fn main() {
     let extra = format!("[limits]\nmax_links = {}\n", n + 100);
     let mut hub = start_hub(&pki, Transport::Tls, &refs, &extra);
     std::thread::sleep(Duration::from_millis(500));
-    let base = rss_kib(hub.proc.pid());
+    let base = status_kib(hub.proc.pid(), "VmRSS:");
     println!("hub RSS with no links: {base} KiB");
 
     let hub_addr = hub.link;
@@ -144,7 +126,7 @@ fn main() {
     };
     println!("{n} links up after {:.1} s", took.as_secs_f64());
     std::thread::sleep(Duration::from_secs(5));
-    let rss = rss_kib(hub.proc.pid());
+    let rss = status_kib(hub.proc.pid(), "VmRSS:");
     println!(
         "hub RSS with {n} idle TLS links: {rss} KiB = {:.1} KiB per link (over the {base} KiB of an empty hub)",
         (rss.saturating_sub(base)) as f64 / n as f64

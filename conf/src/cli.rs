@@ -1,0 +1,110 @@
+//! The command line both programs share: `run` (the default) or
+//! `check-config FILE`, with `--config`, `--log-level`, `--help` and
+//! `--version`. Each program brings its own help text and default path.
+
+use std::path::{Path, PathBuf};
+
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Run with this config file; `log_level` overrides the file's.
+    Run {
+        /// The config file.
+        config: PathBuf,
+        /// `--log-level`, if given.
+        log_level: Option<String>,
+    },
+    /// Check a config file and exit.
+    Check(PathBuf),
+    /// Print the help text.
+    Help,
+    /// Print the version.
+    Version,
+}
+
+/// Parses the arguments after the program name. `default_config` is used
+/// without `--config`. The error is a line for the user.
+pub fn parse(args: &[String], default_config: &str) -> Result<Command, String> {
+    let mut config = PathBuf::from(default_config);
+    let mut log_level = None;
+    let mut check = false;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "-h" | "--help" | "help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            "run" => {}
+            "check-config" => {
+                check = true;
+                config = PathBuf::from(it.next().ok_or("check-config needs a FILE")?);
+            }
+            "-c" | "--config" => config = PathBuf::from(it.next().ok_or("--config needs a FILE")?),
+            "--log-level" => {
+                log_level = Some(it.next().ok_or("--log-level needs a LEVEL")?.clone())
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(if check {
+        Command::Check(config)
+    } else {
+        Command::Run { config, log_level }
+    })
+}
+
+/// Reads the config file at `path` and hands its text and folder (for
+/// relative paths) to `parse`; the error names the file and every problem.
+pub fn load<T>(
+    path: &Path,
+    parse: impl FnOnce(&str, &Path) -> Result<T, crate::Errors>,
+) -> Result<T, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    parse(&text, path.parent().unwrap_or(Path::new(".")))
+        .map_err(|e| format!("{}:\n{e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn commands() {
+        assert_eq!(
+            parse(&args(&[]), "/etc/x.toml"),
+            Ok(Command::Run {
+                config: "/etc/x.toml".into(),
+                log_level: None
+            })
+        );
+        assert_eq!(
+            parse(
+                &args(&["run", "-c", "a.toml", "--log-level", "debug"]),
+                "/etc/x.toml"
+            ),
+            Ok(Command::Run {
+                config: "a.toml".into(),
+                log_level: Some("debug".into())
+            })
+        );
+        assert_eq!(
+            parse(&args(&["check-config", "b.toml"]), "x"),
+            Ok(Command::Check("b.toml".into()))
+        );
+        assert_eq!(parse(&args(&["--help"]), "x"), Ok(Command::Help));
+        assert_eq!(parse(&args(&["-V"]), "x"), Ok(Command::Version));
+        assert!(parse(&args(&["--config"]), "x").is_err());
+        assert!(parse(&args(&["check-config"]), "x").is_err());
+        assert!(parse(&args(&["--frobnicate"]), "x").is_err());
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let e = load(Path::new("/nonexistent/x.toml"), |_, _| Ok(())).expect_err("missing");
+        assert!(e.starts_with("/nonexistent/x.toml: cannot read"), "{e}");
+    }
+}
