@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 use std::rc::Rc;
-use tether_conf::cli::{self, Command};
+use tether_conf::cli;
 use tether_hub::{admin, auth, broker, config, expose, links};
 
 const HELP: &str = "\
@@ -81,38 +81,13 @@ CONFIG FILE (a strict TOML subset; unknown keys are errors):
 ";
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match cli::parse(&args, "/etc/tether/hub.toml") {
-        Err(e) => {
-            eprintln!("tether-hub: {e}\nTry 'tether-hub --help'.");
-            ExitCode::from(2)
-        }
-        Ok(Command::Help) => {
-            print!("{HELP}");
-            ExitCode::SUCCESS
-        }
-        Ok(Command::Version) => {
-            println!("tether-hub {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
-        Ok(Command::Check(path)) => match config::load(&path) {
-            Ok(_) => {
-                println!("{}: valid", path.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        },
-        Ok(Command::Run { config, log_level }) => match run(&config, log_level) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("tether-hub: {e}");
-                ExitCode::FAILURE
-            }
-        },
-    }
+    let program = cli::Program {
+        name: "tether-hub",
+        version: env!("CARGO_PKG_VERSION"),
+        help: HELP,
+        default_config: "/etc/tether/hub.toml",
+    };
+    cli::main(program, |path| config::load(path).map(|_| ()), run)
 }
 
 fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> {

@@ -3,6 +3,63 @@
 //! `--version`. Each program brings its own help text and default path.
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// What a program tells [`main`] about itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Program<'a> {
+    /// The binary's name, for messages.
+    pub name: &'a str,
+    /// Its version.
+    pub version: &'a str,
+    /// Its `--help` text.
+    pub help: &'a str,
+    /// The config file used without `--config`.
+    pub default_config: &'a str,
+}
+
+/// The whole `main` of both programs: parses the command line, prints help
+/// or version, checks a config (`check`), or runs (`run`). Exit codes: 0,
+/// 1 for a failure, 2 for a bad command line.
+pub fn main(
+    program: Program<'_>,
+    check: impl FnOnce(&Path) -> Result<(), String>,
+    run: impl FnOnce(&Path, Option<String>) -> Result<(), String>,
+) -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let name = program.name;
+    match parse(&args, program.default_config) {
+        Err(e) => {
+            eprintln!("{name}: {e}\nTry '{name} --help'.");
+            ExitCode::from(2)
+        }
+        Ok(Command::Help) => {
+            print!("{}", program.help);
+            ExitCode::SUCCESS
+        }
+        Ok(Command::Version) => {
+            println!("{name} {}", program.version);
+            ExitCode::SUCCESS
+        }
+        Ok(Command::Check(path)) => match check(&path) {
+            Ok(()) => {
+                println!("{}: valid", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(Command::Run { config, log_level }) => match run(&config, log_level) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
 
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 
 use futures_lite::FutureExt;
 use std::process::ExitCode;
-use tether_conf::cli::{self, Command};
+use tether_conf::cli;
 use tether_edge::{config, forward, services, shutdown, uplink};
 
 const HELP: &str = "\
@@ -69,41 +69,13 @@ CONFIG FILE (a strict TOML subset; unknown keys are errors):
 ";
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = match cli::parse(&args, "/etc/tether/edge.toml") {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("tether-edge: {e}\nTry 'tether-edge --help'.");
-            return ExitCode::from(2);
-        }
+    let program = cli::Program {
+        name: "tether-edge",
+        version: env!("CARGO_PKG_VERSION"),
+        help: HELP,
+        default_config: "/etc/tether/edge.toml",
     };
-    match command {
-        Command::Help => {
-            print!("{HELP}");
-            ExitCode::SUCCESS
-        }
-        Command::Version => {
-            println!("tether-edge {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
-        Command::Check(path) => match config::load(&path) {
-            Ok(_) => {
-                println!("{}: valid", path.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Run { config, log_level } => match run(&config, log_level) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("tether-edge: {e}");
-                ExitCode::FAILURE
-            }
-        },
-    }
+    cli::main(program, |path| config::load(path).map(|_| ()), run)
 }
 
 fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> {
