@@ -2,6 +2,8 @@
 //! edge board. This crate is the program's library, so that load and
 //! benchmark programs run the very same link code.
 //!
+//! - [`cache`]: the bounded, crash-safe SQLite store of cached apiserver
+//!   answers (views per client and request).
 //! - [`config`]: the edge's config file.
 //! - [`uplink`]: keeps exactly one link to the hub up, reconnecting with
 //!   backoff; the session survives reconnects.
@@ -9,9 +11,13 @@
 //!   named hub upstream (the kube-apiserver, to start with).
 //! - [`services`]: streams the hub opens towards local ports the config allows.
 //! - [`shutdown`]: SIGTERM/SIGINT end the link with a DISCONNECT.
+//! - [`kube`]: sans-IO parsing of kube-apiserver responses (JSON and
+//!   protobuf): object metadata, lists, watch streams, Status.
 
+pub mod cache;
 pub mod config;
 pub mod forward;
+pub mod kube;
 pub mod services;
 pub mod shutdown;
 pub mod uplink;

@@ -1,0 +1,459 @@
+//! Objects, lists and Status bodies in either encoding: their metadata is
+//! parsed, the object bytes are kept as received, and lists can be framed
+//! again from cached item bytes exactly as the apiserver frames them.
+
+use std::ops::Range;
+
+use super::{json, pb, Encoding, Error, Result};
+
+/// The parts of `metadata` (ObjectMeta) a cache needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.namespace` (empty for cluster-scoped objects).
+    pub namespace: String,
+    /// `metadata.uid`.
+    pub uid: String,
+    /// `metadata.resourceVersion`.
+    pub resource_version: String,
+    /// `metadata.labels`, in the order received.
+    pub labels: Vec<(String, String)>,
+    /// Whether `metadata.deletionTimestamp` is set (a graceful delete is under way).
+    pub deletion: bool,
+}
+
+/// The `metadata` (ListMeta) of a list, also carried by `Status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListMeta {
+    /// `metadata.resourceVersion`.
+    pub resource_version: String,
+    /// `metadata.continue`: the token for the next page (empty on the last).
+    pub continue_token: String,
+    /// `metadata.remainingItemCount`, when the server sent it.
+    pub remaining_item_count: Option<i64>,
+}
+
+/// One list item: its metadata and its bytes exactly as received (protobuf:
+/// the item message without envelope; JSON: the item object's text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item<'a> {
+    /// The item's parsed metadata.
+    pub meta: ObjectMeta,
+    /// The item as received.
+    pub bytes: &'a [u8],
+}
+
+/// A list response: type, list metadata and items.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct List<'a> {
+    /// `apiVersion` of the list (`v1`).
+    pub api_version: String,
+    /// `kind` of the list (`PodList`).
+    pub kind: String,
+    /// The list's metadata.
+    pub meta: ListMeta,
+    /// The items, in order.
+    pub items: Vec<Item<'a>>,
+}
+
+/// A single object response: its type and metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Object {
+    /// `apiVersion` (`v1`, `coordination.k8s.io/v1`).
+    pub api_version: String,
+    /// `kind` (`Pod`). A `Status` body parses with empty `meta`; see [`parse_status`].
+    pub kind: String,
+    /// The object's metadata.
+    pub meta: ObjectMeta,
+}
+
+/// A `metav1.Status` (errors, and some write results).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    /// `status`: `Success` or `Failure`.
+    pub status: String,
+    /// `message`, for humans.
+    pub message: String,
+    /// `reason` (`Expired`, `NotFound`, ...).
+    pub reason: String,
+    /// `code`: the HTTP status it stands for (410 for an expired RV).
+    pub code: i32,
+    /// `metadata`: on a 410 for an expired `continue`, a fresh token.
+    pub meta: ListMeta,
+}
+
+const STATUS: &str = "Status";
+
+// ---------------------------------------------------------------- protobuf
+
+fn pb_object_meta(object: &[u8]) -> Result<ObjectMeta> {
+    let mut meta = ObjectMeta::default();
+    let Some(m) = pb::find_len_field(object, 1)? else {
+        return Ok(meta);
+    };
+    let mut r = pb::Reader::new(m);
+    while let Some((field, v)) = r.next_field()? {
+        match field {
+            1 => meta.name = v.str("ObjectMeta.name")?.to_owned(),
+            3 => meta.namespace = v.str("ObjectMeta.namespace")?.to_owned(),
+            5 => meta.uid = v.str("ObjectMeta.uid")?.to_owned(),
+            6 => meta.resource_version = v.str("ObjectMeta.resourceVersion")?.to_owned(),
+            9 => {
+                v.bytes("ObjectMeta.deletionTimestamp")?;
+                meta.deletion = true;
+            }
+            11 => {
+                let mut entry = pb::Reader::new(v.bytes("ObjectMeta.labels")?);
+                let (mut key, mut value) = ("", "");
+                while let Some((f, v)) = entry.next_field()? {
+                    match f {
+                        1 => key = v.str("label key")?,
+                        2 => value = v.str("label value")?,
+                        _ => {}
+                    }
+                }
+                meta.labels.push((key.to_owned(), value.to_owned()));
+            }
+            _ => {}
+        }
+    }
+    Ok(meta)
+}
+
+fn pb_list_meta(m: &[u8]) -> Result<ListMeta> {
+    let mut meta = ListMeta::default();
+    let mut r = pb::Reader::new(m);
+    while let Some((field, v)) = r.next_field()? {
+        match field {
+            2 => meta.resource_version = v.str("ListMeta.resourceVersion")?.to_owned(),
+            3 => meta.continue_token = v.str("ListMeta.continue")?.to_owned(),
+            4 => meta.remaining_item_count = Some(v.varint("ListMeta.remainingItemCount")? as i64),
+            _ => {}
+        }
+    }
+    Ok(meta)
+}
+
+/// Metadata of a protobuf object in its `k8s\0` envelope (as in a GET body
+/// or a watch event): `(apiVersion, kind, meta)`.
+pub(crate) fn pb_enveloped_object(body: &[u8]) -> Result<Object> {
+    let env = pb::parse_envelope(body)?;
+    let meta = if env.kind == STATUS {
+        // Status carries a ListMeta in field 1; still check its framing.
+        pb::find_len_field(env.raw, 1)?;
+        ObjectMeta::default()
+    } else {
+        pb_object_meta(env.raw)?
+    };
+    Ok(Object {
+        api_version: env.api_version.to_owned(),
+        kind: env.kind.to_owned(),
+        meta,
+    })
+}
+
+fn pb_list(body: &[u8]) -> Result<List<'_>> {
+    let env = pb::parse_envelope(body)?;
+    let mut list = List {
+        api_version: env.api_version.to_owned(),
+        kind: env.kind.to_owned(),
+        meta: ListMeta::default(),
+        items: Vec::new(),
+    };
+    let mut r = pb::Reader::new(env.raw);
+    while let Some((field, v)) = r.next_field()? {
+        match field {
+            1 => list.meta = pb_list_meta(v.bytes("List.metadata")?)?,
+            2 => {
+                let bytes = v.bytes("List.items")?;
+                list.items.push(Item {
+                    meta: pb_object_meta(bytes)?,
+                    bytes,
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(list)
+}
+
+fn pb_status(body: &[u8]) -> Result<Status> {
+    let env = pb::parse_envelope(body)?;
+    if env.kind != STATUS {
+        return Err(Error::Invalid("body is not a Status"));
+    }
+    let mut st = Status::default();
+    let mut r = pb::Reader::new(env.raw);
+    while let Some((field, v)) = r.next_field()? {
+        match field {
+            1 => st.meta = pb_list_meta(v.bytes("Status.metadata")?)?,
+            2 => st.status = v.str("Status.status")?.to_owned(),
+            3 => st.message = v.str("Status.message")?.to_owned(),
+            4 => st.reason = v.str("Status.reason")?.to_owned(),
+            6 => st.code = v.varint("Status.code")? as i32,
+            _ => {}
+        }
+    }
+    Ok(st)
+}
+
+fn pb_encode_list_meta(meta: &ListMeta) -> Vec<u8> {
+    let mut m = Vec::with_capacity(16 + meta.resource_version.len() + meta.continue_token.len());
+    pb::put_len_field(&mut m, 1, b""); // selfLink, always written (empty since 1.20)
+    pb::put_len_field(&mut m, 2, meta.resource_version.as_bytes());
+    pb::put_len_field(&mut m, 3, meta.continue_token.as_bytes());
+    if let Some(n) = meta.remaining_item_count {
+        pb::put_varint_field(&mut m, 4, n as u64);
+    }
+    m
+}
+
+// -------------------------------------------------------------------- JSON
+
+fn json_str(b: &[u8], r: Range<usize>) -> Result<String> {
+    if json::is_null(b, &r) {
+        Ok(String::new())
+    } else {
+        json::string(b, r)
+    }
+}
+
+fn json_object_meta(b: &[u8], r: Range<usize>) -> Result<ObjectMeta> {
+    let mut meta = ObjectMeta::default();
+    if json::is_null(b, &r) {
+        return Ok(meta);
+    }
+    json::for_each_member(b, r.start, &mut |key, v| {
+        match key {
+            b"name" => meta.name = json_str(b, v)?,
+            b"namespace" => meta.namespace = json_str(b, v)?,
+            b"uid" => meta.uid = json_str(b, v)?,
+            b"resourceVersion" => meta.resource_version = json_str(b, v)?,
+            b"deletionTimestamp" => meta.deletion = !json::is_null(b, &v),
+            b"labels" if !json::is_null(b, &v) => {
+                json::for_each_member(b, v.start, &mut |k, lv| {
+                    meta.labels.push((json::unescape(k)?, json_str(b, lv)?));
+                    Ok(())
+                })?;
+            }
+            _ => {}
+        }
+        Ok(())
+    })?;
+    Ok(meta)
+}
+
+fn json_list_meta(b: &[u8], r: Range<usize>) -> Result<ListMeta> {
+    let mut meta = ListMeta::default();
+    if json::is_null(b, &r) {
+        return Ok(meta);
+    }
+    json::for_each_member(b, r.start, &mut |key, v| {
+        match key {
+            b"resourceVersion" => meta.resource_version = json_str(b, v)?,
+            b"continue" => meta.continue_token = json_str(b, v)?,
+            b"remainingItemCount" if !json::is_null(b, &v) => {
+                meta.remaining_item_count = Some(json::int(b, v)?)
+            }
+            _ => {}
+        }
+        Ok(())
+    })?;
+    Ok(meta)
+}
+
+/// Metadata of the JSON object at `r` inside `b` (a whole body or a watch
+/// event's `object`).
+pub(crate) fn json_object_at(b: &[u8], r: Range<usize>) -> Result<Object> {
+    let mut obj = Object::default();
+    let mut meta_range = None;
+    json::for_each_member(b, r.start, &mut |key, v| {
+        match key {
+            b"kind" => obj.kind = json_str(b, v)?,
+            b"apiVersion" => obj.api_version = json_str(b, v)?,
+            b"metadata" => meta_range = Some(v),
+            _ => {}
+        }
+        Ok(())
+    })?;
+    if obj.kind != STATUS {
+        if let Some(m) = meta_range {
+            obj.meta = json_object_meta(b, m)?;
+        }
+    }
+    Ok(obj)
+}
+
+fn json_list(body: &[u8]) -> Result<List<'_>> {
+    let doc = json::document(body)?;
+    let mut list = List {
+        api_version: String::new(),
+        kind: String::new(),
+        meta: ListMeta::default(),
+        items: Vec::new(),
+    };
+    let mut saw_items = false;
+    json::for_each_member(body, doc.start, &mut |key, v| {
+        match key {
+            b"kind" => list.kind = json_str(body, v)?,
+            b"apiVersion" => list.api_version = json_str(body, v)?,
+            b"metadata" => list.meta = json_list_meta(body, v)?,
+            b"items" => {
+                saw_items = true;
+                if !json::is_null(body, &v) {
+                    json::for_each_element(body, v.start, &mut |item| {
+                        let mut meta = ObjectMeta::default();
+                        json::for_each_member(body, item.start, &mut |k, mv| {
+                            if k == b"metadata" {
+                                meta = json_object_meta(body, mv)?;
+                            }
+                            Ok(())
+                        })?;
+                        list.items.push(Item {
+                            meta,
+                            bytes: &body[item],
+                        });
+                        Ok(())
+                    })?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    })?;
+    if !saw_items {
+        return Err(Error::Missing("items"));
+    }
+    Ok(list)
+}
+
+fn json_status(body: &[u8]) -> Result<Status> {
+    let doc = json::document(body)?;
+    let mut st = Status::default();
+    let mut kind = String::new();
+    json::for_each_member(body, doc.start, &mut |key, v| {
+        match key {
+            b"kind" => kind = json_str(body, v)?,
+            b"metadata" => st.meta = json_list_meta(body, v)?,
+            b"status" => st.status = json_str(body, v)?,
+            b"message" => st.message = json_str(body, v)?,
+            b"reason" => st.reason = json_str(body, v)?,
+            b"code" => {
+                st.code =
+                    i32::try_from(json::int(body, v)?).map_err(|_| Error::Invalid("Status.code"))?
+            }
+            _ => {}
+        }
+        Ok(())
+    })?;
+    if kind != STATUS {
+        return Err(Error::Invalid("body is not a Status"));
+    }
+    Ok(st)
+}
+
+fn json_encode_list_meta(out: &mut Vec<u8>, meta: &ListMeta) {
+    out.push(b'{');
+    let mut first = true;
+    let mut sep = |out: &mut Vec<u8>| {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+    };
+    if !meta.resource_version.is_empty() {
+        sep(out);
+        out.extend_from_slice(b"\"resourceVersion\":");
+        json::write_string(out, &meta.resource_version);
+    }
+    if !meta.continue_token.is_empty() {
+        sep(out);
+        out.extend_from_slice(b"\"continue\":");
+        json::write_string(out, &meta.continue_token);
+    }
+    if let Some(n) = meta.remaining_item_count {
+        sep(out);
+        out.extend_from_slice(b"\"remainingItemCount\":");
+        out.extend_from_slice(n.to_string().as_bytes());
+    }
+    out.push(b'}');
+}
+
+// ------------------------------------------------------------------ public
+
+/// Reads the type and metadata of a single-object body (GET, write
+/// responses). Protobuf bodies must carry the `k8s\0` envelope; JSON bodies
+/// must be exactly one object.
+pub fn parse_object(encoding: Encoding, body: &[u8]) -> Result<Object> {
+    match encoding {
+        Encoding::Protobuf => pb_enveloped_object(body),
+        Encoding::Json => {
+            let doc = json::document(body)?;
+            json_object_at(body, doc)
+        }
+    }
+}
+
+/// Reads a list body: its type, ListMeta, and each item's metadata and
+/// bytes (borrowed from `body`, not copied).
+pub fn parse_list(encoding: Encoding, body: &[u8]) -> Result<List<'_>> {
+    match encoding {
+        Encoding::Protobuf => pb_list(body),
+        Encoding::Json => json_list(body),
+    }
+}
+
+/// Reads a `Status` body (an error response, or the object of a watch
+/// `ERROR` event). Any other kind is an error.
+pub fn parse_status(encoding: Encoding, body: &[u8]) -> Result<Status> {
+    match encoding {
+        Encoding::Protobuf => pb_status(body),
+        Encoding::Json => json_status(body),
+    }
+}
+
+/// Frames a list response from item bytes (as in [`Item::bytes`]) the way
+/// the apiserver does: protobuf as `k8s\0` envelope around
+/// `List{metadata=1, items=2...}`; JSON as compact
+/// `{"kind":..,"apiVersion":..,"metadata":{..},"items":[..]}` plus a newline.
+pub fn encode_list<I, B>(
+    encoding: Encoding,
+    api_version: &str,
+    kind: &str,
+    meta: &ListMeta,
+    items: I,
+) -> Vec<u8>
+where
+    I: IntoIterator<Item = B>,
+    B: AsRef<[u8]>,
+{
+    match encoding {
+        Encoding::Protobuf => {
+            let mut raw = Vec::new();
+            pb::put_len_field(&mut raw, 1, &pb_encode_list_meta(meta));
+            for item in items {
+                pb::put_len_field(&mut raw, 2, item.as_ref());
+            }
+            pb::encode_envelope(api_version, kind, &raw)
+        }
+        Encoding::Json => {
+            let mut out = Vec::new();
+            out.extend_from_slice(b"{\"kind\":");
+            json::write_string(&mut out, kind);
+            out.extend_from_slice(b",\"apiVersion\":");
+            json::write_string(&mut out, api_version);
+            out.extend_from_slice(b",\"metadata\":");
+            json_encode_list_meta(&mut out, meta);
+            out.extend_from_slice(b",\"items\":[");
+            for (i, item) in items.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(item.as_ref());
+            }
+            out.extend_from_slice(b"]}\n");
+            out
+        }
+    }
+}
