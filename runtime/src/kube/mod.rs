@@ -3,13 +3,15 @@
 //!
 //! Objects are kept as the bytes received; only metadata is parsed. See
 //! [`meta`] for objects and lists, [`watch`] for watch streams, [`pb`] and
-//! [`json`] for the two minimal wire readers underneath.
+//! [`json`] for the two minimal wire readers underneath, and [`request`] for
+//! what a request asks for.
 
 use std::fmt;
 
 pub mod json;
 pub mod meta;
 pub mod pb;
+pub mod request;
 pub mod watch;
 
 #[cfg(test)]
