@@ -62,6 +62,24 @@ pub struct Forward {
     pub upstream: String,
 }
 
+/// How the edge reaches kube-apiserver: end-to-end HTTPS with the node's
+/// own credentials, through the link (the default) or directly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Apiserver {
+    /// Through the link: the hub upstream's name. `None` with `direct`.
+    pub upstream: Option<String>,
+    /// Direct mode: `host:port` of kube-apiserver, no hub.
+    pub direct: Option<String>,
+    /// The name on the apiserver's certificate.
+    pub server_name: String,
+    /// CA that signed the apiserver's certificate.
+    pub ca: PathBuf,
+    /// The node's client certificate (kubelet's, re-read when it rotates).
+    pub cert: PathBuf,
+    /// Its key (may be the same file as `cert`, as kubelet writes it).
+    pub key: PathBuf,
+}
+
 /// Everything the edge reads from its config file.
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
@@ -77,6 +95,8 @@ pub struct EdgeConfig {
     pub allow_ports: Vec<u16>,
     /// Local forwarding ports.
     pub forwards: Vec<Forward>,
+    /// kube-apiserver, for the API proxy (issue 3); `None` without `[apiserver]`.
+    pub apiserver: Option<Apiserver>,
 }
 
 /// Reads and checks the config file at `path`. The error lists every
@@ -140,6 +160,10 @@ pub fn parse(text: &str, base: &Path) -> Result<EdgeConfig, Errors> {
             }
         }
     }
+    let apiserver = match errors.opt(root.table("apiserver")) {
+        Some(mut t) => read_apiserver(&mut t, base, &mut errors),
+        None => None,
+    };
     let mut forwards = Vec::new();
     for mut t in errors.take(root.tables("forward")).unwrap_or_default() {
         let listen = match errors.opt(t.str("listen")) {
@@ -185,6 +209,7 @@ pub fn parse(text: &str, base: &Path) -> Result<EdgeConfig, Errors> {
             link,
             allow_ports,
             forwards,
+            apiserver,
         }),
         // Both are reported above whenever missing.
         _ => Err(Errors(vec![tether_conf::Error::new(
@@ -270,6 +295,50 @@ fn read_hub(t: &mut Table<'_>, base: &Path, errors: &mut Errors) -> Option<Hub> 
         credentials,
         broker,
         source_address,
+    })
+}
+
+fn read_apiserver(t: &mut Table<'_>, base: &Path, errors: &mut Errors) -> Option<Apiserver> {
+    let upstream = errors.opt(t.str("upstream")).map(str::to_owned);
+    let direct = errors.opt(t.str("direct")).map(str::to_owned);
+    let server_name = errors
+        .opt(t.str("server_name"))
+        .unwrap_or("kubernetes")
+        .to_owned();
+    let mut path = |key: &str| {
+        let p = errors.opt(t.str(key)).map(|p| base.join(p));
+        if p.is_none() {
+            errors.push(t.error(key, format!("missing: apiserver.{key} is a PEM file path")));
+        }
+        p
+    };
+    let (ca, cert, key) = (path("ca"), path("cert"), path("key"));
+    let (upstream, direct) = match (upstream, direct) {
+        (Some(_), Some(_)) => {
+            errors.push(t.error(
+                "direct",
+                "use either upstream (through the hub) or direct, not both",
+            ));
+            return None;
+        }
+        (None, None) => (Some("kube-apiserver".to_owned()), None),
+        other => other,
+    };
+    if let Some(d) = &direct {
+        if !d
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+        {
+            errors.push(t.error("direct", format!("{d:?} is not \"host:port\"")));
+        }
+    }
+    Some(Apiserver {
+        upstream,
+        direct,
+        server_name,
+        ca: ca?,
+        cert: cert?,
+        key: key?,
     })
 }
 

@@ -11,9 +11,12 @@
 //!   named hub upstream (the kube-apiserver, to start with).
 //! - [`services`]: streams the hub opens towards local ports the config allows.
 //! - [`shutdown`]: SIGTERM/SIGINT end the link with a DISCONNECT.
+//! - [`apiclient`]: HTTPS connections to kube-apiserver with the node's
+//!   credentials, through the link or direct.
 //! - [`kube`]: sans-IO parsing of kube-apiserver responses (JSON and
 //!   protobuf): object metadata, lists, watch streams, Status.
 
+pub mod apiclient;
 pub mod cache;
 pub mod config;
 pub mod forward;
