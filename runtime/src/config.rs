@@ -400,6 +400,22 @@ mod tests {
     }
 
     #[test]
+    fn apiserver_table() {
+        let base = "node = \"edge-1\"\n[hub]\naddress = \"127.0.0.1:7443\"\nplaintext = true\n[apiserver]\n";
+        let c = parse(
+            &format!("{base}ca = \"ca.pem\"\ncert = \"k.pem\"\nkey = \"k.pem\"\n"),
+            Path::new("/etc/t"),
+        )
+        .expect("valid");
+        let api = c.apiserver.expect("apiserver");
+        assert_eq!(api.upstream.as_deref(), Some("kube-apiserver"));
+        assert_eq!(api.ca, Path::new("/etc/t/ca.pem"));
+        let e = errors(&format!("{base}direct = \"x\"\nupstream = \"y\"\n"));
+        assert!(e.contains("apiserver.direct: use either"), "{e}");
+        assert!(e.contains("apiserver.ca: missing"), "{e}");
+    }
+
+    #[test]
     fn every_error_named_with_line() {
         let e = errors(
             "node = \"Edge_1\"\n[hub]\naddress = \"nohost\"\n[link]\nkeepalive = \"0s\"\nmax_inflight = 0\ncolour = 1\n[[forward]]\nlisten = \"x\"\n",

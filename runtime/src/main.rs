@@ -63,6 +63,17 @@ CONFIG FILE (a strict TOML subset; unknown keys are errors):
     [services]
     allow_ports = [10250]           Local ports the hub may open streams to.
 
+    [apiserver]                     kube-apiserver, for the API proxy
+    upstream = \"kube-apiserver\"     (being built: issue 3). Through this
+                                    hub upstream [default], or
+    direct = \"10.0.0.1:6443\"        directly, without a hub.
+    server_name = \"kubernetes\"      Name on the apiserver's certificate.
+    ca = \"/etc/kubernetes/pki/ca.crt\"
+    cert = \"/var/lib/kubelet/pki/kubelet-client-current.pem\"
+    key = \"/var/lib/kubelet/pki/kubelet-client-current.pem\"
+                                    The node's own credentials, re-read
+                                    when kubelet rotates them.
+
     [[forward]]                     Repeatable: a local port whose
     listen = \"127.0.0.1:16443\"      connections go to a named upstream of
     upstream = \"kube-apiserver\"     the hub.
