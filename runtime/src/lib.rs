@@ -13,6 +13,8 @@
 //! - [`shutdown`]: SIGTERM/SIGINT end the link with a DISCONNECT.
 //! - [`apiclient`]: HTTPS connections to kube-apiserver with the node's
 //!   credentials, through the link or direct.
+//! - [`http`]: sans-IO HTTP/1.1 codec (heads, body framing, chunked) for
+//!   the local apiserver proxy and its upstream side.
 //! - [`kube`]: sans-IO parsing of kube-apiserver responses (JSON and
 //!   protobuf): object metadata, lists, watch streams, Status.
 
@@ -20,6 +22,7 @@ pub mod apiclient;
 pub mod cache;
 pub mod config;
 pub mod forward;
+pub mod http;
 pub mod kube;
 pub mod services;
 pub mod shutdown;
