@@ -1,4 +1,5 @@
 //! Test support for the system tests.
+pub mod apiserver;
 pub mod bench;
 pub mod cluster;
 pub mod echo;
