@@ -80,6 +80,19 @@ pub struct Apiserver {
     pub key: PathBuf,
 }
 
+/// The API proxy on the node (issue 3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// Where kubelet and friends connect (`server: http://127.0.0.1:10261`).
+    pub listen: SocketAddr,
+    /// The SQLite cache file; `None` relays without caching.
+    pub cache: Option<PathBuf>,
+    /// Object bytes the cache keeps before evicting whole views.
+    pub cache_quota: u64,
+    /// SQLite page cache.
+    pub page_cache: u64,
+}
+
 /// Everything the edge reads from its config file.
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
@@ -97,6 +110,8 @@ pub struct EdgeConfig {
     pub forwards: Vec<Forward>,
     /// kube-apiserver, for the API proxy (issue 3); `None` without `[apiserver]`.
     pub apiserver: Option<Apiserver>,
+    /// The API proxy; runs when `[apiserver]` is configured.
+    pub proxy: ProxyConfig,
 }
 
 /// Reads and checks the config file at `path`. The error lists every
@@ -164,6 +179,10 @@ pub fn parse(text: &str, base: &Path) -> Result<EdgeConfig, Errors> {
         Some(mut t) => read_apiserver(&mut t, base, &mut errors),
         None => None,
     };
+    let proxy = match errors.opt(root.table("proxy")) {
+        Some(mut t) => read_proxy(&mut t, base, &mut errors),
+        None => ProxyConfig::default(),
+    };
     let mut forwards = Vec::new();
     for mut t in errors.take(root.tables("forward")).unwrap_or_default() {
         let listen = match errors.opt(t.str("listen")) {
@@ -210,6 +229,7 @@ pub fn parse(text: &str, base: &Path) -> Result<EdgeConfig, Errors> {
             allow_ports,
             forwards,
             apiserver,
+            proxy,
         }),
         // Both are reported above whenever missing.
         _ => Err(Errors(vec![tether_conf::Error::new(
@@ -296,6 +316,37 @@ fn read_hub(t: &mut Table<'_>, base: &Path, errors: &mut Errors) -> Option<Hub> 
         broker,
         source_address,
     })
+}
+
+impl Default for ProxyConfig {
+    fn default() -> ProxyConfig {
+        ProxyConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 10261)),
+            cache: None,
+            cache_quota: 256 << 20,
+            page_cache: 2 << 20,
+        }
+    }
+}
+
+fn read_proxy(t: &mut Table<'_>, base: &Path, errors: &mut Errors) -> ProxyConfig {
+    let d = ProxyConfig::default();
+    let listen = match errors.opt(t.str("listen")) {
+        Some(l) => l.parse().unwrap_or_else(|_| {
+            errors.push(t.error(
+                "listen",
+                format!("{l:?} is not an address like \"127.0.0.1:10261\""),
+            ));
+            d.listen
+        }),
+        None => d.listen,
+    };
+    ProxyConfig {
+        listen,
+        cache: errors.opt(t.str("cache")).map(|p| base.join(p)),
+        cache_quota: errors.opt(t.bytes("cache_quota")).unwrap_or(d.cache_quota),
+        page_cache: errors.opt(t.bytes("page_cache")).unwrap_or(d.page_cache),
+    }
 }
 
 fn read_apiserver(t: &mut Table<'_>, base: &Path, errors: &mut Errors) -> Option<Apiserver> {

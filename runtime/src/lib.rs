@@ -15,6 +15,8 @@
 //!   credentials, through the link or direct.
 //! - [`http`]: sans-IO HTTP/1.1 codec (heads, body framing, chunked) for
 //!   the local apiserver proxy and its upstream side.
+//! - [`proxy`]: the node's apiserver on 127.0.0.1:10261: relays to
+//!   kube-apiserver, records answers, serves GET/LIST offline.
 //! - [`kube`]: sans-IO parsing of kube-apiserver responses (JSON and
 //!   protobuf): object metadata, lists, watch streams, Status.
 
@@ -24,6 +26,7 @@ pub mod config;
 pub mod forward;
 pub mod http;
 pub mod kube;
+pub mod proxy;
 pub mod services;
 pub mod shutdown;
 pub mod uplink;

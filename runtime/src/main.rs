@@ -74,6 +74,13 @@ CONFIG FILE (a strict TOML subset; unknown keys are errors):
                                     The node's own credentials, re-read
                                     when kubelet rotates them.
 
+    [proxy]                         The node's apiserver (with [apiserver]).
+    listen = \"127.0.0.1:10261\"      kubelet's kubeconfig points here.
+    cache = \"/var/lib/tether/cache.db\"   SQLite cache (none: relay only).
+    cache_quota = \"256MiB\"         Cached object bytes before whole views
+                                    are evicted, least recently used first.
+    page_cache = \"2MiB\"            SQLite page cache.
+
     [[forward]]                     Repeatable: a local port whose
     listen = \"127.0.0.1:16443\"      connections go to a named upstream of
     upstream = \"kube-apiserver\"     the hub.
@@ -123,6 +130,11 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> 
             cfg.allow_ports.clone(),
         ))
         .detach();
+        if let Some(api) = &cfg.apiserver {
+            let (proxy, listener) = start_proxy(&cfg, api, &link).await?;
+            ex.spawn(tether_edge::proxy::serve(ex.clone(), proxy, listener))
+                .detach();
+        }
         let stop = async {
             let signal = terminated.await;
             log::info!("{signal}: disconnecting from the hub and stopping");
@@ -135,4 +147,63 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> 
             .await;
         Ok(())
     }))
+}
+
+/// Opens the cache and binds the API proxy's port.
+async fn start_proxy(
+    cfg: &config::EdgeConfig,
+    api: &config::Apiserver,
+    link: &tether_link::io::Link,
+) -> Result<
+    (
+        std::rc::Rc<tether_edge::proxy::Proxy>,
+        smol::net::TcpListener,
+    ),
+    String,
+> {
+    let link = if api.direct.is_some() {
+        None
+    } else {
+        Some(link.clone())
+    };
+    let client = tether_edge::apiclient::ApiClient::new(api.clone(), link)?;
+    let store = match &cfg.proxy.cache {
+        Some(path) => {
+            let limits = tether_edge::cache::Limits {
+                page_cache_bytes: cfg.proxy.page_cache,
+                max_disk_bytes: cfg.proxy.cache_quota,
+            };
+            match tether_edge::cache::Store::open(path, limits) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    log::error!("cache {}: {e}; relaying without a cache", path.display());
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let listener = smol::net::TcpListener::bind(cfg.proxy.listen)
+        .await
+        .map_err(|e| format!("proxy.listen {}: {e}", cfg.proxy.listen))?;
+    let route = match &api.direct {
+        Some(d) => format!("direct to {d}"),
+        None => format!(
+            "through the hub upstream {:?}",
+            api.upstream.as_deref().unwrap_or("")
+        ),
+    };
+    let cache = cfg
+        .proxy
+        .cache
+        .as_ref()
+        .map_or("off".to_string(), |p| p.display().to_string());
+    log::info!(
+        "API proxy on http://{} ({route}, cache {cache})",
+        cfg.proxy.listen
+    );
+    Ok((
+        std::rc::Rc::new(tether_edge::proxy::Proxy::new(client, store)),
+        listener,
+    ))
 }

@@ -1,0 +1,438 @@
+//! The node's apiserver: an HTTP/1.1 proxy on 127.0.0.1:10261 for kubelet,
+//! kube-proxy and the pods' clients (issue 3, first stage).
+//!
+//! Online, every request goes to kube-apiserver over HTTPS with the node's
+//! credentials ([`crate::apiclient`]) and the answer comes back as the
+//! apiserver framed it; successful GET and LIST answers are recorded per
+//! client in the cache ([`offline::record`]). When kube-apiserver is out of
+//! reach (no connection, or a 5xx), GET and LIST are answered from the
+//! cache, and writes fail at once with 503: a write is never answered as if
+//! it had been applied.
+//!
+//! Not yet (issue 3 goes on): watches are relayed but not resumed across
+//! outages, answers larger than [`MAX_RECORDED`] pass through unrecorded,
+//! and requests carrying their own credentials are not yet kept apart
+//! from the node's.
+
+pub mod offline;
+
+use crate::apiclient::{ApiClient, ApiConn};
+use crate::cache::Store;
+use crate::http::{self, BodyDecoder, BodyKind, Limits, RequestHead, ResponseHead};
+use crate::kube::request::{classify, ApiRequest};
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::FutureExt;
+use log::{debug, info, warn};
+use smol::net::{TcpListener, TcpStream};
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Largest answer recorded in the cache; bigger ones pass through.
+pub const MAX_RECORDED: usize = 8 << 20;
+
+/// Largest request body accepted (node status, events, leases are small).
+const MAX_REQUEST_BODY: usize = 4 << 20;
+
+/// How long the apiserver may take to start answering before the request
+/// is served from the cache instead.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Idle upstream connections kept for reuse.
+const POOL: usize = 4;
+
+/// The proxy's shared state.
+pub struct Proxy {
+    api: ApiClient,
+    store: RefCell<Option<Store>>,
+    pool: RefCell<Vec<ApiConn>>,
+    /// Whether the last upstream attempt reached kube-apiserver.
+    online: Cell<bool>,
+    counters: RefCell<Counters>,
+}
+
+/// What the proxy did, for logs and metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    /// Requests relayed to kube-apiserver.
+    pub relayed: u64,
+    /// GET/LIST answered from the cache while offline.
+    pub served_offline: u64,
+    /// GET/LIST that could not be answered offline (nothing cached).
+    pub offline_misses: u64,
+    /// Writes refused while offline.
+    pub writes_refused: u64,
+    /// Answers recorded in the cache.
+    pub recorded: u64,
+}
+
+impl Proxy {
+    /// A proxy reaching kube-apiserver through `api`, caching in `store`
+    /// (none: relay only).
+    pub fn new(api: ApiClient, store: Option<Store>) -> Proxy {
+        Proxy {
+            api,
+            store: RefCell::new(store),
+            pool: RefCell::new(Vec::new()),
+            online: Cell::new(true),
+            counters: RefCell::new(Counters::default()),
+        }
+    }
+
+    /// What the proxy did so far.
+    pub fn counters(&self) -> Counters {
+        *self.counters.borrow()
+    }
+
+    fn set_online(&self, online: bool, why: &str) {
+        if self.online.replace(online) != online {
+            if online {
+                info!("kube-apiserver reachable again: relaying");
+            } else {
+                warn!("kube-apiserver out of reach ({why}): answering GET and LIST from the cache, refusing writes");
+            }
+        }
+    }
+}
+
+/// Accepts clients forever.
+pub async fn serve(ex: Rc<smol::LocalExecutor<'static>>, proxy: Rc<Proxy>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, _)) => {
+                let _ = tcp.set_nodelay(true);
+                ex.spawn(client(proxy.clone(), tcp)).detach();
+            }
+            Err(e) => {
+                warn!("proxy: accept failed: {e}");
+                async_io::Timer::after(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Serves one client connection: requests one after another (keep-alive).
+async fn client(proxy: Rc<Proxy>, mut tcp: TcpStream) {
+    let limits = Limits::default();
+    let mut buf = Vec::new();
+    loop {
+        let (head, used) = loop {
+            match http::parse_request_head(&buf, &limits) {
+                Ok(Some(h)) => break h,
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = reply(
+                        &mut tcp,
+                        e.status(),
+                        &offline::status_json(e.status(), "BadRequest", e.message()),
+                    )
+                    .await;
+                    return;
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            match tcp.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        buf.drain(..used);
+        let body = match read_body(&mut tcp, &head, &mut buf).await {
+            Ok(b) => b,
+            Err(status) => {
+                let _ = reply(
+                    &mut tcp,
+                    status,
+                    &offline::status_json(status, "BadRequest", "request body"),
+                )
+                .await;
+                return;
+            }
+        };
+        let keep = head.keep_alive();
+        match handle(&proxy, &head, &body, &mut tcp).await {
+            Ok(true) if keep => continue,
+            _ => return,
+        }
+    }
+}
+
+/// Reads a request body (bounded), using bytes already buffered first.
+async fn read_body(
+    tcp: &mut TcpStream,
+    head: &RequestHead,
+    buf: &mut Vec<u8>,
+) -> Result<Vec<u8>, u16> {
+    let kind = head.body_kind().map_err(|e| e.status())?;
+    if kind == BodyKind::None {
+        return Ok(Vec::new());
+    }
+    let mut decoder = BodyDecoder::new(kind);
+    let mut body = Vec::new();
+    loop {
+        let (used, done) = decoder.decode(buf, &mut body).map_err(|e| e.status())?;
+        buf.drain(..used);
+        if body.len() > MAX_REQUEST_BODY {
+            return Err(413);
+        }
+        if done {
+            return Ok(body);
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        match tcp.read(&mut chunk).await {
+            Ok(0) | Err(_) => return Err(400),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Why the upstream could not answer.
+enum Upstream {
+    /// Nothing reached the client yet: the cache may answer instead.
+    Unavailable(String),
+    /// The exchange broke after the client got part of the answer.
+    Broken,
+}
+
+/// Handles one request. Returns whether the connection may carry another.
+async fn handle(
+    proxy: &Proxy,
+    head: &RequestHead,
+    body: &[u8],
+    tcp: &mut TcpStream,
+) -> io::Result<bool> {
+    let api = match classify(
+        &head.method,
+        &head.target,
+        head.header("User-Agent"),
+        head.header("Accept"),
+    ) {
+        Ok(a) => a,
+        Err(e) => {
+            reply(
+                tcp,
+                400,
+                &offline::status_json(400, "BadRequest", &e.to_string()),
+            )
+            .await?;
+            return Ok(false);
+        }
+    };
+    let had_pooled = !proxy.pool.borrow().is_empty();
+    let mut result = relay(proxy, head, body, &api, tcp, true).await;
+    if had_pooled && matches!(result, Err(Upstream::Unavailable(_))) {
+        // A pooled connection the apiserver had closed: try a fresh one.
+        proxy.pool.borrow_mut().clear();
+        result = relay(proxy, head, body, &api, tcp, false).await;
+    }
+    match result {
+        Ok(keep) => {
+            proxy.counters.borrow_mut().relayed += 1;
+            Ok(keep)
+        }
+        Err(Upstream::Broken) => Ok(false),
+        Err(Upstream::Unavailable(why)) => {
+            proxy.set_online(false, &why);
+            answer_offline(proxy, &api, tcp).await
+        }
+    }
+}
+
+async fn answer_offline(proxy: &Proxy, api: &ApiRequest, tcp: &mut TcpStream) -> io::Result<bool> {
+    if api.verb.is_write() {
+        proxy.counters.borrow_mut().writes_refused += 1;
+        let msg = "kube-apiserver is out of reach from this node: the request was not applied";
+        reply(
+            tcp,
+            503,
+            &offline::status_json(503, "ServiceUnavailable", msg),
+        )
+        .await?;
+        return Ok(true);
+    }
+    let cached = match (offline::view_key(api), proxy.store.borrow_mut().as_mut()) {
+        (Some(key), Some(store)) => match offline::answer(store, &key, api.encoding) {
+            Ok(found) => found,
+            Err(e) => {
+                warn!("cache read failed: {e}");
+                None
+            }
+        },
+        _ => None,
+    };
+    match cached {
+        Some(body) => {
+            proxy.counters.borrow_mut().served_offline += 1;
+            let headers = [
+                ("Audit-Id", "tether-edge-offline".to_string()),
+                ("Cache-Control", "no-cache, private".to_string()),
+                ("Content-Type", api.encoding.content_type(false).to_string()),
+                ("Content-Length", body.len().to_string()),
+            ];
+            let mut out = Vec::with_capacity(body.len() + 256);
+            if http::write_response_head(200, "OK", &headers, &mut out).is_err() {
+                return Ok(false);
+            }
+            out.extend_from_slice(&body);
+            tcp.write_all(&out).await?;
+            Ok(true)
+        }
+        None => {
+            proxy.counters.borrow_mut().offline_misses += 1;
+            let msg = "kube-apiserver is out of reach from this node and this request was never answered before";
+            reply(
+                tcp,
+                503,
+                &offline::status_json(503, "ServiceUnavailable", msg),
+            )
+            .await?;
+            Ok(true)
+        }
+    }
+}
+
+/// Sends the request upstream and relays the answer, recording it when it
+/// is a cacheable success.
+async fn relay(
+    proxy: &Proxy,
+    head: &RequestHead,
+    body: &[u8],
+    api: &ApiRequest,
+    tcp: &mut TcpStream,
+    reuse: bool,
+) -> Result<bool, Upstream> {
+    let pooled = if reuse {
+        proxy.pool.borrow_mut().pop()
+    } else {
+        None
+    };
+    let mut conn = match pooled {
+        Some(c) => c,
+        None => proxy
+            .api
+            .connect()
+            .await
+            .map_err(|e| Upstream::Unavailable(e.to_string()))?,
+    };
+    let mut out = Vec::with_capacity(512 + body.len());
+    let upstream_head = RequestHead {
+        headers: head
+            .headers
+            .iter()
+            .filter(|(n, _)| {
+                !n.eq_ignore_ascii_case("Connection") && !n.eq_ignore_ascii_case("Keep-Alive")
+            })
+            .cloned()
+            .collect(),
+        ..head.clone()
+    };
+    http::write_request_head(&upstream_head, &mut out)
+        .map_err(|e| Upstream::Unavailable(e.to_string()))?;
+    out.extend_from_slice(body);
+    conn.write_all(&out)
+        .await
+        .map_err(|e| Upstream::Unavailable(e.to_string()))?;
+    conn.flush()
+        .await
+        .map_err(|e| Upstream::Unavailable(e.to_string()))?;
+
+    // The answer's head, within the timeout.
+    let limits = Limits::default();
+    let mut buf = Vec::new();
+    let head_read = async {
+        loop {
+            match http::parse_response_head(&buf, &limits) {
+                Ok(Some(h)) => return Ok(h),
+                Ok(None) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            let mut chunk = [0u8; 8192];
+            match conn.read(&mut chunk).await {
+                Ok(0) => return Err("connection closed before an answer".to_string()),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    };
+    let watch = api.verb == crate::kube::request::Verb::Watch;
+    let (resp, used): (ResponseHead, usize) = head_read
+        .or(async {
+            async_io::Timer::after(ANSWER_TIMEOUT).await;
+            Err(format!("no answer within {ANSWER_TIMEOUT:?}"))
+        })
+        .await
+        .map_err(Upstream::Unavailable)?;
+    let key = offline::view_key(api);
+    if resp.status >= 500 && (key.is_some() || api.verb.is_write()) {
+        return Err(Upstream::Unavailable(format!(
+            "kube-apiserver answered {}",
+            resp.status
+        )));
+    }
+    proxy.set_online(true, "");
+    let kind = resp.body_kind(&head.method).map_err(|_| Upstream::Broken)?;
+    let mut decoder = BodyDecoder::new(kind);
+    buf.drain(..used);
+    let mut client_bytes = Vec::with_capacity(1024);
+    let _ = http::write_response_head(resp.status, &resp.reason, &resp.headers, &mut client_bytes);
+    tcp.write_all(&client_bytes)
+        .await
+        .map_err(|_| Upstream::Broken)?;
+    let recording = key.is_some() && resp.status == 200 && !watch && proxy.store.borrow().is_some();
+    let mut recorded = Vec::new();
+    let mut too_big = false;
+    let mut done = kind == BodyKind::None;
+    while !done {
+        if buf.is_empty() {
+            let mut chunk = vec![0u8; 64 * 1024];
+            let n = conn.read(&mut chunk).await.map_err(|_| Upstream::Broken)?;
+            if n == 0 {
+                decoder.finish_eof().map_err(|_| Upstream::Broken)?;
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let step = decoder.step(&buf).map_err(|_| Upstream::Broken)?;
+        if recording && !too_big {
+            recorded.extend_from_slice(&buf[step.data.clone()]);
+            too_big = recorded.len() > MAX_RECORDED;
+        }
+        // Relay the bytes as framed by the apiserver.
+        tcp.write_all(&buf[..step.consumed])
+            .await
+            .map_err(|_| Upstream::Broken)?;
+        buf.drain(..step.consumed);
+        done = step.done;
+    }
+    if done && resp.keep_alive() && proxy.pool.borrow().len() < POOL {
+        proxy.pool.borrow_mut().push(conn);
+    }
+    if let (true, false, Some(key)) = (recording, too_big, key) {
+        if let Some(store) = proxy.store.borrow_mut().as_mut() {
+            match offline::record(store, &key, api.encoding, &recorded) {
+                Ok(()) => {
+                    proxy.counters.borrow_mut().recorded += 1;
+                    let _ = store.evict_to_quota();
+                }
+                Err(e) => debug!("not cached ({key}): {e}"),
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Writes a small JSON answer.
+async fn reply(tcp: &mut TcpStream, status: u16, body: &[u8]) -> io::Result<()> {
+    let headers = [
+        ("Cache-Control", "no-cache, private".to_string()),
+        ("Content-Type", "application/json".to_string()),
+        ("Content-Length", body.len().to_string()),
+    ];
+    let mut out = Vec::new();
+    if http::write_response_head(status, http::reason_phrase(status), &headers, &mut out).is_ok() {
+        out.extend_from_slice(body);
+        tcp.write_all(&out).await?;
+    }
+    Ok(())
+}
