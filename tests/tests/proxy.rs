@@ -1,0 +1,202 @@
+//! The edge's API proxy end to end (issue 3, first stage): a kubelet-like
+//! client talks plain HTTP to the edge, which reaches the stand-in
+//! kube-apiserver over HTTPS with the node's certificate, through the link
+//! and the hub (and directly, in direct mode). When the apiserver is gone,
+//! GET and LIST are answered from the cache and writes are refused.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+use tether_edge::http::{self, BodyDecoder, Limits};
+use tether_edge::kube::{self, Encoding};
+use tether_tests::apiserver::StandIn;
+use tether_tests::cluster::{start_edge, start_hub, wait_linked, EdgeAuth, Transport};
+use tether_tests::pki::Pki;
+use tether_tests::procs::{free_port, Proc};
+
+const WAIT: Duration = Duration::from_secs(30);
+const KUBELET: &str = "kubelet/v1.24.0+0 (linux/amd64) kubernetes/2cc6ddc";
+const PODS: &str = "/api/v1/pods?fieldSelector=spec.nodeName%3Dedge-1&limit=500&resourceVersion=0";
+
+/// One request over a fresh connection: (status, body de-chunked).
+fn request(
+    proxy: SocketAddr,
+    method: &str,
+    target: &str,
+    accept: &str,
+    body: &[u8],
+) -> (u16, Vec<u8>) {
+    let mut tcp = TcpStream::connect(proxy).expect("connect to the proxy");
+    tcp.set_read_timeout(Some(WAIT)).expect("timeout");
+    let head = format!(
+        "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: {KUBELET}\r\nAccept: {accept}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).expect("write");
+    tcp.write_all(body).expect("write body");
+    let mut raw = Vec::new();
+    let _ = tcp.read_to_end(&mut raw);
+    let (resp, used) = http::parse_response_head(&raw, &Limits::default())
+        .expect("response head")
+        .expect("whole head");
+    let kind = resp.body_kind(method).expect("framing");
+    let mut decoder = BodyDecoder::new(kind);
+    let mut out = Vec::new();
+    decoder.decode(&raw[used..], &mut out).expect("body");
+    (resp.status, out)
+}
+
+fn items(enc: Encoding, body: &[u8]) -> Vec<(String, String, Vec<u8>)> {
+    let list = kube::parse_list(enc, body).expect("a list");
+    let mut v: Vec<_> = list
+        .items
+        .iter()
+        .map(|i| {
+            (
+                i.meta.namespace.clone(),
+                i.meta.name.clone(),
+                i.bytes.to_vec(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn edge_config(pki: &Pki, proxy: SocketAddr, direct: Option<SocketAddr>) -> String {
+    let (cert, key) = pki.node_cert("system:node:edge-1");
+    let direct = direct.map_or(String::new(), |d| format!("direct = \"{d}\"\n"));
+    format!(
+        "[link]\nkeepalive = \"2s\"\nbackoff_initial = \"100ms\"\nbackoff_max = \"500ms\"\n[apiserver]\n{direct}server_name = \"localhost\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n[proxy]\nlisten = \"{proxy}\"\ncache = \"{}\"\n",
+        pki.ca.display(),
+        cert.display(),
+        key.display(),
+        pki.dir.join(format!("cache-{}.db", proxy.port())).display()
+    )
+}
+
+fn online_then_offline(standin: &StandIn, proxy: SocketAddr, edge: &Proc) {
+    let pb = "application/vnd.kubernetes.protobuf,application/json";
+    assert!(edge.wait_for_log("API proxy on", WAIT), "{}", edge.logs());
+    // Online: the apiserver's own answers come through.
+    let deadline = Instant::now() + WAIT;
+    let (status, online) = loop {
+        let (status, body) = request(proxy, "GET", PODS, pb, b"");
+        if status == 200 || Instant::now() > deadline {
+            break (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status, 200, "{}", edge.logs());
+    let (status, online_json) = request(proxy, "GET", PODS, "application/json", b"");
+    assert_eq!(status, 200);
+    let pod = "/api/v1/namespaces/edge-apps/pods/api-m5ghvwrtzm-dcwg6";
+    let (status, online_pod) = request(proxy, "GET", pod, pb, b"");
+    assert_eq!(status, 200);
+    assert!(
+        standin
+            .requests()
+            .iter()
+            .any(|r| r.identity == "system:node:edge-1"),
+        "the node's certificate was not used"
+    );
+
+    // The apiserver goes away.
+    standin.set_down(true);
+    let (status, offline) = request(proxy, "GET", PODS, pb, b"");
+    assert_eq!(status, 200, "{}", edge.logs());
+    assert_eq!(
+        items(Encoding::Protobuf, &offline),
+        items(Encoding::Protobuf, &online)
+    );
+    assert_eq!(
+        kube::parse_list(Encoding::Protobuf, &offline)
+            .expect("list")
+            .meta,
+        kube::parse_list(Encoding::Protobuf, &online)
+            .expect("list")
+            .meta
+    );
+    let (status, offline_json) = request(proxy, "GET", PODS, "application/json", b"");
+    assert_eq!(status, 200);
+    assert_eq!(
+        items(Encoding::Json, &offline_json),
+        items(Encoding::Json, &online_json)
+    );
+    let (status, offline_pod) = request(proxy, "GET", pod, pb, b"");
+    assert_eq!(status, 200);
+    assert!(offline_pod == online_pod, "the cached pod differs");
+    // Never asked while online: a clear 503 the client retries on.
+    let (status, body) = request(
+        proxy,
+        "GET",
+        "/api/v1/namespaces/edge-apps/configmaps",
+        pb,
+        b"",
+    );
+    assert_eq!(status, 503);
+    assert!(String::from_utf8_lossy(&body).contains("never answered before"));
+    // A write is refused at once, never answered as if applied.
+    let started = Instant::now();
+    let (status, body) = request(
+        proxy,
+        "PATCH",
+        "/api/v1/nodes/edge-1/status",
+        "application/json",
+        b"{\"status\":{}}",
+    );
+    assert_eq!(status, 503);
+    assert!(String::from_utf8_lossy(&body).contains("not applied"));
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "the write did not fail fast"
+    );
+    assert!(
+        edge.wait_for_log("answering GET and LIST from the cache", WAIT),
+        "{}",
+        edge.logs()
+    );
+}
+
+#[test]
+fn through_the_link_online_and_offline() {
+    let pki = Pki::new();
+    let standin = StandIn::start_tls(&pki);
+    let hub = start_hub(
+        &pki,
+        Transport::Tls,
+        &["edge-1"],
+        &format!(
+            "[upstream.kube-apiserver]\naddress = \"{}\"\n",
+            standin.addr()
+        ),
+    );
+    let proxy: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let edge = start_edge(
+        &pki,
+        "edge-1",
+        hub.link,
+        Transport::Tls,
+        EdgeAuth::Token,
+        &edge_config(&pki, proxy, None),
+    );
+    assert!(wait_linked(hub.admin, "edge-1", WAIT), "{}", edge.logs());
+    online_then_offline(&standin, proxy, &edge);
+}
+
+#[test]
+fn direct_mode_online_and_offline() {
+    let pki = Pki::new();
+    let standin = StandIn::start_tls(&pki);
+    let hub = start_hub(&pki, Transport::Tls, &["edge-1"], "");
+    let proxy: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let edge = start_edge(
+        &pki,
+        "edge-1",
+        hub.link,
+        Transport::Tls,
+        EdgeAuth::Token,
+        &edge_config(&pki, proxy, Some(standin.addr())),
+    );
+    online_then_offline(&standin, proxy, &edge);
+}
