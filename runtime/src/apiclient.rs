@@ -42,10 +42,23 @@ pub struct ApiClient {
     tls: RefCell<Loaded>,
 }
 
-/// The TLS client config and the file times it was built from.
+/// The TLS client configs and the file times they were built from.
 struct Loaded {
-    connector: futures_rustls::TlsConnector,
+    /// Presents the node's certificate.
+    node: futures_rustls::TlsConnector,
+    /// Presents no certificate: for requests that bring their own
+    /// credentials, which must never travel on the node's identity.
+    own: futures_rustls::TlsConnector,
     stamps: [Option<SystemTime>; 3],
+}
+
+/// Whose identity a connection carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Identity {
+    /// The node's client certificate.
+    Node,
+    /// None at the TLS layer: the request carries its own (a bearer token).
+    Own,
 }
 
 impl ApiClient {
@@ -66,10 +79,13 @@ impl ApiClient {
         })
     }
 
-    /// Opens one TLS connection to kube-apiserver.
-    pub async fn connect(&self) -> io::Result<ApiConn> {
+    /// Opens one TLS connection to kube-apiserver carrying `identity`.
+    pub async fn connect(&self, identity: Identity) -> io::Result<ApiConn> {
         self.reload_if_rotated();
-        let connector = self.tls.borrow().connector.clone();
+        let connector = match identity {
+            Identity::Node => self.tls.borrow().node.clone(),
+            Identity::Own => self.tls.borrow().own.clone(),
+        };
         let name = self.server_name.clone();
         let attempt = async {
             match (&self.cfg.direct, &self.link) {
@@ -131,12 +147,16 @@ fn stamps(cfg: &Apiserver) -> [Option<SystemTime>; 3] {
 
 fn load(cfg: &Apiserver) -> Result<Loaded, String> {
     let stamps = stamps(cfg);
-    let mut config = tether_link::tls::client_config(&cfg.ca, Some((&cfg.cert, &cfg.key)))
-        .map_err(|e| format!("apiserver: {e}"))?;
-    // HTTP/1.1 only: the proxy speaks it on both sides.
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = |identity| -> Result<futures_rustls::TlsConnector, String> {
+        let mut config = tether_link::tls::client_config(&cfg.ca, identity)
+            .map_err(|e| format!("apiserver: {e}"))?;
+        // HTTP/1.1 only: the proxy speaks it on both sides.
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(futures_rustls::TlsConnector::from(Arc::new(config)))
+    };
     Ok(Loaded {
-        connector: futures_rustls::TlsConnector::from(Arc::new(config)),
+        node: connector(Some((&cfg.cert, &cfg.key)))?,
+        own: connector(None)?,
         stamps,
     })
 }

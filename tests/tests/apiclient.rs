@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::{mpsc, Arc};
 use std::thread;
-use tether_edge::apiclient::ApiClient;
+use tether_edge::apiclient::{ApiClient, Identity};
 use tether_edge::config::Apiserver;
 use tether_tests::pki::Pki;
 
@@ -59,7 +59,7 @@ fn direct_tls_with_the_node_certificate_and_rotation() {
     let client = ApiClient::new(cfg, None).expect("client");
     let ask = || {
         smol::block_on(async {
-            let mut conn = client.connect().await.expect("connect");
+            let mut conn = client.connect(Identity::Node).await.expect("connect");
             conn.write_all(b"ping\n").await.expect("write");
             conn.flush().await.expect("flush");
             let mut answer = [0u8; 5];

@@ -26,10 +26,22 @@ fn request(
     accept: &str,
     body: &[u8],
 ) -> (u16, Vec<u8>) {
+    request_with(proxy, method, target, accept, body, "")
+}
+
+/// [`request`] with extra header lines (each ending in CRLF).
+fn request_with(
+    proxy: SocketAddr,
+    method: &str,
+    target: &str,
+    accept: &str,
+    body: &[u8],
+    extra: &str,
+) -> (u16, Vec<u8>) {
     let mut tcp = TcpStream::connect(proxy).expect("connect to the proxy");
     tcp.set_read_timeout(Some(WAIT)).expect("timeout");
     let head = format!(
-        "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: {KUBELET}\r\nAccept: {accept}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: {KUBELET}\r\nAccept: {accept}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     tcp.write_all(head.as_bytes()).expect("write");
@@ -99,6 +111,23 @@ fn online_then_offline(standin: &StandIn, proxy: SocketAddr, edge: &Proc) {
             .iter()
             .any(|r| r.identity == "system:node:edge-1"),
         "the node's certificate was not used"
+    );
+    // A pod's client brings its own token: it is judged as itself, never
+    // as the node.
+    let (status, _) = request_with(
+        proxy,
+        "GET",
+        "/api/v1/namespaces/edge-apps/configmaps/web-config",
+        "application/json",
+        b"",
+        "Authorization: Bearer pod-token-123\r\n",
+    );
+    assert_ne!(status, 0);
+    let last = standin.requests().into_iter().last().expect("a request");
+    assert_eq!(
+        last.identity, "bearer:pod-token-123",
+        "the pod's request went out as {:?}",
+        last.identity
     );
 
     // The apiserver goes away.

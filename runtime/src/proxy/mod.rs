@@ -10,13 +10,14 @@
 //! it had been applied.
 //!
 //! Not yet (issue 3 goes on): watches are relayed but not resumed across
-//! outages, answers larger than [`MAX_RECORDED`] pass through unrecorded,
-//! and requests carrying their own credentials are not yet kept apart
-//! from the node's.
+//! outages, and answers larger than [`MAX_RECORDED`] pass through
+//! unrecorded. A request that brings its own credentials (a pod's bearer
+//! token) goes out on a connection without the node's certificate, never
+//! pooled, so it is judged as itself.
 
 pub mod offline;
 
-use crate::apiclient::{ApiClient, ApiConn};
+use crate::apiclient::{ApiClient, ApiConn, Identity};
 use crate::cache::Store;
 use crate::http::{self, BodyDecoder, BodyKind, Limits, RequestHead, ResponseHead};
 use crate::kube::request::{classify, ApiRequest};
@@ -219,12 +220,17 @@ async fn handle(
             return Ok(false);
         }
     };
-    let had_pooled = !proxy.pool.borrow().is_empty();
-    let mut result = relay(proxy, head, body, &api, tcp, true).await;
+    let identity = if head.header("Authorization").is_some() {
+        Identity::Own
+    } else {
+        Identity::Node
+    };
+    let had_pooled = identity == Identity::Node && !proxy.pool.borrow().is_empty();
+    let mut result = relay(proxy, head, body, &api, tcp, identity, true).await;
     if had_pooled && matches!(result, Err(Upstream::Unavailable(_))) {
         // A pooled connection the apiserver had closed: try a fresh one.
         proxy.pool.borrow_mut().clear();
-        result = relay(proxy, head, body, &api, tcp, false).await;
+        result = relay(proxy, head, body, &api, tcp, identity, false).await;
     }
     match result {
         Ok(keep) => {
@@ -300,9 +306,12 @@ async fn relay(
     body: &[u8],
     api: &ApiRequest,
     tcp: &mut TcpStream,
+    identity: Identity,
     reuse: bool,
 ) -> Result<bool, Upstream> {
-    let pooled = if reuse {
+    // Only node-identity connections are pooled: a client's own
+    // credentials never serve another request.
+    let pooled = if reuse && identity == Identity::Node {
         proxy.pool.borrow_mut().pop()
     } else {
         None
@@ -311,7 +320,7 @@ async fn relay(
         Some(c) => c,
         None => proxy
             .api
-            .connect()
+            .connect(identity)
             .await
             .map_err(|e| Upstream::Unavailable(e.to_string()))?,
     };
@@ -405,7 +414,7 @@ async fn relay(
         buf.drain(..step.consumed);
         done = step.done;
     }
-    if done && resp.keep_alive() && proxy.pool.borrow().len() < POOL {
+    if done && identity == Identity::Node && resp.keep_alive() && proxy.pool.borrow().len() < POOL {
         proxy.pool.borrow_mut().push(conn);
     }
     if let (true, false, Some(key)) = (recording, too_big, key) {
