@@ -112,6 +112,8 @@ pub struct EdgeConfig {
     pub apiserver: Option<Apiserver>,
     /// The API proxy; runs when `[apiserver]` is configured.
     pub proxy: ProxyConfig,
+    /// Where `/healthz` and `/metrics` are served; `None`: nowhere.
+    pub status: Option<SocketAddr>,
 }
 
 /// Reads and checks the config file at `path`. The error lists every
@@ -183,6 +185,22 @@ pub fn parse(text: &str, base: &Path) -> Result<EdgeConfig, Errors> {
         Some(mut t) => read_proxy(&mut t, base, &mut errors),
         None => ProxyConfig::default(),
     };
+    let status = match errors.opt(root.table("status")) {
+        Some(mut t) => match errors.opt(t.str("listen")) {
+            Some(l) => match l.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    errors.push(t.error(
+                        "listen",
+                        format!("{l:?} is not an address like \"127.0.0.1:10262\""),
+                    ));
+                    None
+                }
+            },
+            None => None,
+        },
+        None => None,
+    };
     let mut forwards = Vec::new();
     for mut t in errors.take(root.tables("forward")).unwrap_or_default() {
         let listen = match errors.opt(t.str("listen")) {
@@ -230,6 +248,7 @@ pub fn parse(text: &str, base: &Path) -> Result<EdgeConfig, Errors> {
             forwards,
             apiserver,
             proxy,
+            status,
         }),
         // Both are reported above whenever missing.
         _ => Err(Errors(vec![tether_conf::Error::new(

@@ -11,6 +11,7 @@
 //!   named hub upstream (the kube-apiserver, to start with).
 //! - [`services`]: streams the hub opens towards local ports the config allows.
 //! - [`shutdown`]: SIGTERM/SIGINT end the link with a DISCONNECT.
+//! - [`status`]: `/healthz` and `/metrics` of the edge.
 //! - [`apiclient`]: HTTPS connections to kube-apiserver with the node's
 //!   credentials, through the link or direct.
 //! - [`http`]: sans-IO HTTP/1.1 codec (heads, body framing, chunked) for
@@ -29,4 +30,5 @@ pub mod kube;
 pub mod proxy;
 pub mod services;
 pub mod shutdown;
+pub mod status;
 pub mod uplink;

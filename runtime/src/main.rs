@@ -81,6 +81,10 @@ CONFIG FILE (a strict TOML subset; unknown keys are errors):
                                     are evicted, least recently used first.
     page_cache = \"2MiB\"            SQLite page cache.
 
+    [status]
+    listen = \"127.0.0.1:10262\"      /healthz and /metrics of the edge
+                                    [default: not served].
+
     [[forward]]                     Repeatable: a local port whose
     listen = \"127.0.0.1:16443\"      connections go to a named upstream of
     upstream = \"kube-apiserver\"     the hub.
@@ -130,9 +134,22 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> 
             cfg.allow_ports.clone(),
         ))
         .detach();
+        let mut proxy = None;
         if let Some(api) = &cfg.apiserver {
-            let (proxy, listener) = start_proxy(&cfg, api, &link).await?;
-            ex.spawn(tether_edge::proxy::serve(ex.clone(), proxy, listener))
+            let (p, listener) = start_proxy(&cfg, api, &link).await?;
+            ex.spawn(tether_edge::proxy::serve(ex.clone(), p.clone(), listener))
+                .detach();
+            proxy = Some(p);
+        }
+        if let Some(addr) = cfg.status {
+            let listener = smol::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("status.listen {addr}: {e}"))?;
+            let sources = std::rc::Rc::new(tether_edge::status::Sources {
+                link: link.clone(),
+                proxy,
+            });
+            ex.spawn(tether_edge::status::serve(ex.clone(), sources, listener))
                 .detach();
         }
         let stop = async {

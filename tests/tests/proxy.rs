@@ -79,11 +79,12 @@ fn edge_config(pki: &Pki, proxy: SocketAddr, direct: Option<SocketAddr>) -> Stri
     let (cert, key) = pki.node_cert("system:node:edge-1");
     let direct = direct.map_or(String::new(), |d| format!("direct = \"{d}\"\n"));
     format!(
-        "[link]\nkeepalive = \"2s\"\nbackoff_initial = \"100ms\"\nbackoff_max = \"500ms\"\n[apiserver]\n{direct}server_name = \"localhost\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n[proxy]\nlisten = \"{proxy}\"\ncache = \"{}\"\n",
+        "[link]\nkeepalive = \"2s\"\nbackoff_initial = \"100ms\"\nbackoff_max = \"500ms\"\n[apiserver]\n{direct}server_name = \"localhost\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n[proxy]\nlisten = \"{proxy}\"\ncache = \"{}\"\n[status]\nlisten = \"127.0.0.1:{}\"\n",
         pki.ca.display(),
         cert.display(),
         key.display(),
-        pki.dir.join(format!("cache-{}.db", proxy.port())).display()
+        pki.dir.join(format!("cache-{}.db", proxy.port())).display(),
+        proxy.port() + 1
     )
 }
 
@@ -132,6 +133,9 @@ fn online_then_offline(standin: &StandIn, proxy: SocketAddr, edge: &Proc) {
 
     // The apiserver goes away.
     standin.set_down(true);
+    // A connection the proxy pooled may still finish one exchange with the
+    // stand-in as it goes down; from the next request on it is gone.
+    let _ = request(proxy, "GET", pod, pb, b"");
     let (status, offline) = request(proxy, "GET", PODS, pb, b"");
     assert_eq!(status, 200, "{}", edge.logs());
     assert_eq!(
@@ -184,6 +188,29 @@ fn online_then_offline(standin: &StandIn, proxy: SocketAddr, edge: &Proc) {
         edge.wait_for_log("answering GET and LIST from the cache", WAIT),
         "{}",
         edge.logs()
+    );
+    // The edge's own metrics tell what happened.
+    let status: SocketAddr = ([127, 0, 0, 1], proxy.port() + 1).into();
+    let (code, metrics) = tether_tests::procs::http_get(status, "/metrics").expect("metrics");
+    assert_eq!(code, 200);
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    assert_eq!(value("tether_edge_apiserver_reachable"), 0);
+    assert!(value("tether_edge_proxy_served_offline_total") >= 3, "{metrics}");
+    assert!(value("tether_edge_proxy_writes_refused_total") >= 1);
+    assert!(value("tether_edge_proxy_offline_misses_total") >= 1);
+    assert!(value("tether_edge_cache_objects") > 0);
+    assert_eq!(
+        tether_tests::procs::http_get(status, "/healthz")
+            .expect("healthz")
+            .0,
+        200
     );
 }
 

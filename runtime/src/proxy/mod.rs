@@ -86,6 +86,16 @@ impl Proxy {
         *self.counters.borrow()
     }
 
+    /// Whether kube-apiserver answered the last request.
+    pub fn online(&self) -> bool {
+        self.online.get()
+    }
+
+    /// The cache's totals, if there is a cache and it can be read.
+    pub fn cache_stats(&self) -> Option<crate::cache::Stats> {
+        self.store.borrow().as_ref().and_then(|s| s.stats().ok())
+    }
+
     fn set_online(&self, online: bool, why: &str) {
         if self.online.replace(online) != online {
             if online {

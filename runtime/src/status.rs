@@ -1,0 +1,178 @@
+//! The edge's own status port: `/healthz` and `/metrics` (Prometheus text)
+//! with the link's and the API proxy's state, one GET per connection.
+
+use crate::http::{self, Limits};
+use crate::proxy::Proxy;
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::FutureExt;
+use smol::net::{TcpListener, TcpStream};
+use std::fmt::Write;
+use std::rc::Rc;
+use std::time::Duration;
+use tether_link::io::Link;
+
+/// What the status port reports on.
+pub struct Sources {
+    /// The link to the hub.
+    pub link: Link,
+    /// The API proxy, when it runs.
+    pub proxy: Option<Rc<Proxy>>,
+}
+
+/// Serves the status port forever.
+pub async fn serve(
+    ex: Rc<smol::LocalExecutor<'static>>,
+    sources: Rc<Sources>,
+    listener: TcpListener,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, _)) => {
+                ex.spawn(answer(sources.clone(), tcp)).detach();
+            }
+            Err(e) => {
+                log::warn!("status port: accept failed: {e}");
+                async_io::Timer::after(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn answer(sources: Rc<Sources>, mut tcp: TcpStream) {
+    let head = async {
+        let mut buf = Vec::new();
+        loop {
+            match http::parse_request_head(&buf, &Limits::default()) {
+                Ok(Some((head, _))) => return Some(head),
+                Ok(None) => {}
+                Err(_) => return None,
+            }
+            let mut chunk = [0u8; 1024];
+            match tcp.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+    .or(async {
+        async_io::Timer::after(Duration::from_secs(5)).await;
+        None
+    })
+    .await;
+    let Some(head) = head else { return };
+    let path = head.target.split('?').next().unwrap_or("");
+    let (status, body) = match (head.method.as_str(), path) {
+        ("GET", "/healthz") => (200, "ok\n".to_string()),
+        ("GET", "/metrics") => (200, metrics(&sources)),
+        ("GET", _) => (404, "try /healthz or /metrics\n".to_string()),
+        _ => (405, "only GET\n".to_string()),
+    };
+    let headers = [
+        ("Content-Type", "text/plain; version=0.0.4".to_string()),
+        ("Content-Length", body.len().to_string()),
+        ("Connection", "close".to_string()),
+    ];
+    let mut out = Vec::new();
+    if http::write_response_head(status, http::reason_phrase(status), &headers, &mut out).is_ok() {
+        out.extend_from_slice(body.as_bytes());
+        let _ = tcp.write_all(&out).await;
+    }
+}
+
+/// The Prometheus exposition of the edge's state.
+pub fn metrics(sources: &Sources) -> String {
+    let mut m = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = write!(
+            m,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        );
+    };
+    let stats = sources.link.stats();
+    let up = sources.link.with_session(|s| s.is_up());
+    metric(
+        "tether_edge_link_up",
+        "gauge",
+        "1 while the link to the hub is up.",
+        u64::from(up),
+    );
+    metric(
+        "tether_edge_link_received_bytes_total",
+        "counter",
+        "Bytes received on the link (MQTT level).",
+        stats.bytes_in,
+    );
+    metric(
+        "tether_edge_link_sent_bytes_total",
+        "counter",
+        "Bytes sent on the link (MQTT level).",
+        stats.bytes_out,
+    );
+    metric(
+        "tether_edge_link_streams",
+        "gauge",
+        "Streams open on the link.",
+        sources.link.open_streams() as u64,
+    );
+    if let Some(proxy) = &sources.proxy {
+        let c = proxy.counters();
+        metric(
+            "tether_edge_apiserver_reachable",
+            "gauge",
+            "1 while kube-apiserver answered the last request.",
+            u64::from(proxy.online()),
+        );
+        metric(
+            "tether_edge_proxy_relayed_total",
+            "counter",
+            "Requests relayed to kube-apiserver.",
+            c.relayed,
+        );
+        metric(
+            "tether_edge_proxy_served_offline_total",
+            "counter",
+            "GET/LIST answered from the cache while offline.",
+            c.served_offline,
+        );
+        metric(
+            "tether_edge_proxy_offline_misses_total",
+            "counter",
+            "GET/LIST offline with nothing cached for them.",
+            c.offline_misses,
+        );
+        metric(
+            "tether_edge_proxy_writes_refused_total",
+            "counter",
+            "Writes refused while offline.",
+            c.writes_refused,
+        );
+        metric(
+            "tether_edge_cache_recorded_total",
+            "counter",
+            "Answers recorded in the cache.",
+            c.recorded,
+        );
+        if let Some(s) = proxy.cache_stats() {
+            metric("tether_edge_cache_views", "gauge", "Cached views.", s.views);
+            metric(
+                "tether_edge_cache_objects",
+                "gauge",
+                "Cached objects.",
+                s.objects,
+            );
+            metric(
+                "tether_edge_cache_bytes",
+                "gauge",
+                "Bytes of cached objects.",
+                s.bytes,
+            );
+            metric(
+                "tether_edge_cache_evictions_total",
+                "counter",
+                "Views evicted under the quota since start.",
+                s.evictions,
+            );
+        }
+    }
+    m
+}
