@@ -457,3 +457,58 @@ where
         }
     }
 }
+
+/// A watch event's object in the shape a list holds it: protobuf, the bare
+/// message without its `k8s\0` envelope; JSON, the object without its
+/// leading `kind` and `apiVersion` (the apiserver leaves both out of list
+/// items). Lets a cache keep one shape for objects from lists and watches.
+pub fn watch_object_to_item(encoding: Encoding, object: &[u8]) -> Result<Vec<u8>> {
+    match encoding {
+        Encoding::Protobuf => Ok(pb::parse_envelope(object)?.raw.to_vec()),
+        Encoding::Json => {
+            let start = json::skip_ws(object, 0);
+            let mut out = Vec::with_capacity(object.len());
+            out.push(b'{');
+            json::for_each_member(object, start, &mut |key, value| {
+                if key != b"kind" && key != b"apiVersion" {
+                    if out.len() > 1 {
+                        out.push(b',');
+                    }
+                    out.push(b'"');
+                    out.extend_from_slice(key);
+                    out.extend_from_slice(b"\":");
+                    out.extend_from_slice(&object[value]);
+                }
+                Ok(())
+            })?;
+            out.push(b'}');
+            Ok(out)
+        }
+    }
+}
+
+/// The opposite of [`watch_object_to_item`]: a list item framed as a watch
+/// event's object of `kind` in `api_version`.
+pub fn item_to_watch_object(
+    encoding: Encoding,
+    api_version: &str,
+    kind: &str,
+    item: &[u8],
+) -> Vec<u8> {
+    match encoding {
+        Encoding::Protobuf => pb::encode_envelope(api_version, kind, item),
+        Encoding::Json => {
+            let mut out = Vec::with_capacity(item.len() + kind.len() + api_version.len() + 32);
+            out.extend_from_slice(b"{\"kind\":");
+            json::write_string(&mut out, kind);
+            out.extend_from_slice(b",\"apiVersion\":");
+            json::write_string(&mut out, api_version);
+            let rest = item.strip_prefix(b"{").unwrap_or(item);
+            if rest.first() != Some(&b'}') {
+                out.push(b',');
+            }
+            out.extend_from_slice(rest);
+            out
+        }
+    }
+}

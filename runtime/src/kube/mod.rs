@@ -18,8 +18,8 @@ pub mod watch;
 mod tests;
 
 pub use meta::{
-    encode_list, parse_list, parse_object, parse_status, Item, List, ListMeta, Object, ObjectMeta,
-    Status,
+    encode_list, item_to_watch_object, parse_list, parse_object, parse_status,
+    watch_object_to_item, Item, List, ListMeta, Object, ObjectMeta, Status,
 };
 pub use watch::{encode_watch_event, EventType, WatchDecoder, WatchEvent};
 

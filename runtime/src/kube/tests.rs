@@ -473,3 +473,37 @@ fn mutated_fixtures_never_panic() {
         poke(other, &body);
     }
 }
+
+#[test]
+fn list_items_and_watch_objects_convert_both_ways() {
+    use super::meta::{item_to_watch_object, watch_object_to_item};
+    for (enc, file) in [
+        (
+            Encoding::Protobuf,
+            "list-pods-node-edge-1-rv0-pb.response.body.bin",
+        ),
+        (
+            Encoding::Json,
+            "list-pods-node-edge-1-rv0-json.response.body.json",
+        ),
+    ] {
+        let body = std::fs::read(format!(
+            "{}/../tests/fixtures/kube-apiserver-1.24/{file}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .expect("fixture");
+        let list = super::parse_list(enc, &body).expect("list");
+        for item in &list.items {
+            let object = item_to_watch_object(enc, "v1", "Pod", item.bytes);
+            let parsed = super::parse_object(enc, &object).expect("a standalone object");
+            assert_eq!(parsed.kind, "Pod");
+            assert_eq!(parsed.meta, item.meta);
+            assert_eq!(
+                watch_object_to_item(enc, &object).expect("back"),
+                item.bytes
+            );
+        }
+    }
+    assert!(watch_object_to_item(Encoding::Json, b"{\"kind\":").is_err());
+    assert!(watch_object_to_item(Encoding::Protobuf, b"nope").is_err());
+}
