@@ -202,7 +202,10 @@ fn online_then_offline(standin: &StandIn, proxy: SocketAddr, edge: &Proc) {
             .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
     };
     assert_eq!(value("tether_edge_apiserver_reachable"), 0);
-    assert!(value("tether_edge_proxy_served_offline_total") >= 3, "{metrics}");
+    assert!(
+        value("tether_edge_proxy_served_offline_total") >= 3,
+        "{metrics}"
+    );
     assert!(value("tether_edge_proxy_writes_refused_total") >= 1);
     assert!(value("tether_edge_proxy_offline_misses_total") >= 1);
     assert!(value("tether_edge_cache_objects") > 0);
@@ -255,4 +258,178 @@ fn direct_mode_online_and_offline() {
         &edge_config(&pki, proxy, Some(standin.addr())),
     );
     online_then_offline(&standin, proxy, &edge);
+}
+
+/// Events a watch client saw: (type, name, resourceVersion, labels).
+type Seen = (String, String, String, Vec<(String, String)>);
+
+/// Opens a watch through the proxy and collects its events in a thread.
+/// The receiver ends when the stream ends.
+fn watch(proxy: SocketAddr, target: &str) -> std::sync::mpsc::Receiver<Seen> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut tcp = TcpStream::connect(proxy).expect("connect");
+    let head = format!(
+        "GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: {KUBELET}\r\nAccept: application/vnd.kubernetes.protobuf,application/json\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).expect("write");
+    std::thread::spawn(move || {
+        let mut raw = Vec::new();
+        let mut chunk = [0u8; 16384];
+        let (resp, used) = loop {
+            if let Ok(Some(h)) = http::parse_response_head(&raw, &Limits::default()) {
+                break h;
+            }
+            match tcp.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            }
+        };
+        assert_eq!(resp.status, 200);
+        raw.drain(..used);
+        let mut body = BodyDecoder::new(resp.body_kind("GET").expect("framing"));
+        let mut events = kube::WatchDecoder::new(Encoding::Protobuf, 1 << 24);
+        loop {
+            let mut data = Vec::new();
+            let Ok((n, done)) = body.decode(&raw, &mut data) else {
+                return;
+            };
+            raw.drain(..n);
+            events.push(&data);
+            while let Ok(Some(ev)) = events.next_event() {
+                let seen = (
+                    ev.event_type.as_str().to_string(),
+                    ev.meta.name.clone(),
+                    ev.meta.resource_version.clone(),
+                    ev.meta.labels.clone(),
+                );
+                if tx.send(seen).is_err() {
+                    return;
+                }
+            }
+            if done {
+                return;
+            }
+            match tcp.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            }
+        }
+    });
+    rx
+}
+
+/// The next non-bookmark event, within `WAIT`.
+fn next_change(events: &std::sync::mpsc::Receiver<Seen>) -> Seen {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = events.recv_timeout(left).expect("an event in time");
+        if ev.0 != "BOOKMARK" {
+            return ev;
+        }
+    }
+}
+
+#[test]
+fn a_watch_survives_an_outage_without_a_relist() {
+    use tether_tests::apiserver::Kind;
+    let pki = Pki::new();
+    let standin = StandIn::start_tls(&pki);
+    let hub = start_hub(
+        &pki,
+        Transport::Tls,
+        &["edge-1"],
+        &format!(
+            "[upstream.kube-apiserver]\naddress = \"{}\"\n",
+            standin.addr()
+        ),
+    );
+    let proxy: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let edge = start_edge(
+        &pki,
+        "edge-1",
+        hub.link,
+        Transport::Tls,
+        EdgeAuth::Token,
+        &edge_config(&pki, proxy, None),
+    );
+    assert!(edge.wait_for_log("API proxy on", WAIT), "{}", edge.logs());
+    assert!(wait_linked(hub.admin, "edge-1", WAIT));
+    let pb = "application/vnd.kubernetes.protobuf,application/json";
+    let (status, list) = request(proxy, "GET", PODS, pb, b"");
+    assert_eq!(status, 200, "{}", edge.logs());
+    let list = kube::parse_list(Encoding::Protobuf, &list).expect("list");
+    let pod = list.items[0].meta.clone();
+    let rv = list.meta.resource_version.clone();
+    let lists_before = standin
+        .requests()
+        .iter()
+        .filter(|r| !r.target.contains("watch"))
+        .count();
+
+    let events = watch(
+        proxy,
+        &format!("/api/v1/pods?allowWatchBookmarks=true&fieldSelector=spec.nodeName%3Dedge-1&resourceVersion={rv}&timeoutSeconds=120&watch=true"),
+    );
+    standin
+        .modify_label(Kind::Pod, &pod.namespace, &pod.name, "tether-test", "one")
+        .expect("modify");
+    let first = next_change(&events);
+    assert_eq!(
+        (first.0.as_str(), first.1.as_str()),
+        ("MODIFIED", pod.name.as_str())
+    );
+
+    // The cloud goes away; meanwhile the object changes there.
+    standin.set_down(true);
+    std::thread::sleep(Duration::from_millis(1500));
+    standin
+        .modify_label(Kind::Pod, &pod.namespace, &pod.name, "tether-test", "two")
+        .expect("modify while cut");
+    std::thread::sleep(Duration::from_millis(500));
+    // While cut, the cache already holds the first change.
+    let (status, offline) = request(proxy, "GET", PODS, pb, b"");
+    assert_eq!(status, 200);
+    let offline = kube::parse_list(Encoding::Protobuf, &offline).expect("list");
+    let cached = offline
+        .items
+        .iter()
+        .find(|i| i.meta.name == pod.name)
+        .expect("pod cached");
+    assert!(
+        cached
+            .meta
+            .labels
+            .contains(&("tether-test".into(), "one".into())),
+        "{:?}",
+        cached.meta.labels
+    );
+
+    // The cloud returns: the same watch stream delivers the change made
+    // while it was away, and nobody re-listed.
+    standin.set_down(false);
+    let second = next_change(&events);
+    assert_eq!(
+        (second.0.as_str(), second.1.as_str()),
+        ("MODIFIED", pod.name.as_str())
+    );
+    assert!(
+        second.3.contains(&("tether-test".into(), "two".into())),
+        "{:?}",
+        second.3
+    );
+    assert!(second.2.parse::<u64>().expect("rv") > first.2.parse::<u64>().expect("rv"));
+    let lists_after = standin
+        .requests()
+        .iter()
+        .filter(|r| !r.target.contains("watch"))
+        .count();
+    assert_eq!(lists_after, lists_before, "something re-listed");
+    assert!(
+        standin
+            .requests()
+            .iter()
+            .any(|r| r.target.contains(&format!("resourceVersion={}", first.2))),
+        "the watch was not resumed from the last resourceVersion seen"
+    );
 }

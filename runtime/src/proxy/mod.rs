@@ -9,13 +9,16 @@
 //! cache, and writes fail at once with 503: a write is never answered as if
 //! it had been applied.
 //!
-//! Not yet (issue 3 goes on): watches are relayed but not resumed across
-//! outages, and answers larger than [`MAX_RECORDED`] pass through
-//! unrecorded. A request that brings its own credentials (a pod's bearer
+//! Watches are served by [`watch`]: they stay open across outages, resume
+//! from the last resourceVersion, and keep the client's view fresh.
+//!
+//! Not yet (issue 3 goes on): answers larger than [`MAX_RECORDED`] pass
+//! through unrecorded. A request that brings its own credentials (a pod's bearer
 //! token) goes out on a connection without the node's certificate, never
 //! pooled, so it is judged as itself.
 
 pub mod offline;
+pub mod watch;
 
 use crate::apiclient::{ApiClient, ApiConn, Identity};
 use crate::cache::Store;
@@ -235,6 +238,10 @@ async fn handle(
     } else {
         Identity::Node
     };
+    if api.verb == crate::kube::request::Verb::Watch {
+        proxy.counters.borrow_mut().relayed += 1;
+        return watch::serve(proxy, head, &api, tcp, identity).await;
+    }
     let had_pooled = identity == Identity::Node && !proxy.pool.borrow().is_empty();
     let mut result = relay(proxy, head, body, &api, tcp, identity, true).await;
     if had_pooled && matches!(result, Err(Upstream::Unavailable(_))) {

@@ -32,6 +32,24 @@ pub fn view_key(api: &ApiRequest) -> Option<ViewKey> {
     })
 }
 
+/// The cache view a watch keeps fresh: the view of the LIST with the same
+/// selectors (kubelet lists, then watches from the list's resourceVersion).
+pub fn watch_view_key(api: &ApiRequest) -> Option<ViewKey> {
+    let r = api.resource.as_ref()?;
+    if api.verb != Verb::Watch || !api.transform.is_empty() {
+        return None;
+    }
+    Some(ViewKey {
+        client: api.client.clone(),
+        resource: r.resource_path(),
+        namespace: r.namespace.clone(),
+        name: r.name.clone(),
+        label_selector: r.query.label_selector.clone(),
+        field_selector: r.query.field_selector.clone(),
+        encoding: encoding_name(api.encoding).into(),
+    })
+}
+
 fn encoding_name(e: Encoding) -> &'static str {
     match e {
         Encoding::Json => "json",

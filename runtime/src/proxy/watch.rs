@@ -1,0 +1,385 @@
+//! Watches that outlive outages: the client's watch stream stays open while
+//! kube-apiserver is out of reach, and the upstream watch is resumed from
+//! the last resourceVersion the client saw, so events keep flowing without
+//! the client re-listing. Every event also updates the client's cached view,
+//! so offline answers stay as fresh as the last event.
+//!
+//! The proxy frames the client's stream itself (one chunk per event), since
+//! one client stream may span several upstream responses.
+//!
+//! Not yet: when the apiserver answers 410 Gone on resume (its history was
+//! compacted), the ERROR event is passed on and the stream ends, so the
+//! client re-lists; re-listing upstream and sending the difference instead
+//! comes next.
+
+use super::offline;
+use super::Proxy;
+use crate::apiclient::Identity;
+use crate::cache::{Event, ObjectRow};
+use crate::http::{self, BodyDecoder, ChunkedEncoder, Limits, RequestHead};
+use crate::kube::request::ApiRequest;
+use crate::kube::{self, Encoding, EventType, WatchDecoder};
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::FutureExt;
+use log::{debug, info};
+use smol::net::TcpStream;
+use std::io;
+use std::time::{Duration, Instant};
+
+/// A watch without `timeoutSeconds` ends after this, as the apiserver's do.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// Largest watch frame accepted from upstream.
+const MAX_FRAME: usize = 16 << 20;
+
+/// Pause between attempts to reach the apiserver while it is away.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// How a watch attempt ended.
+enum Attempt {
+    /// The upstream ended the watch normally, or sent an ERROR event: the
+    /// client's stream ends too.
+    Finished,
+    /// The apiserver could not be reached or the stream broke: resume.
+    Lost(String),
+    /// The client went away.
+    ClientGone,
+}
+
+/// Serves one watch request until its timeout, across outages.
+pub(super) async fn serve(
+    proxy: &Proxy,
+    head: &RequestHead,
+    api: &ApiRequest,
+    tcp: &mut TcpStream,
+    identity: Identity,
+) -> io::Result<bool> {
+    let Some(resource) = &api.resource else {
+        return Ok(false);
+    };
+    let timeout = resource
+        .query
+        .timeout_seconds
+        .map_or(DEFAULT_TIMEOUT, Duration::from_secs);
+    let deadline = Instant::now() + timeout;
+    let mut state = Stream {
+        encoding: api.encoding,
+        resource_version: resource.query.resource_version.clone(),
+        started: false,
+        key: offline::watch_view_key(api),
+    };
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            break;
+        }
+        match attempt(proxy, head, identity, &mut state, tcp, remaining).await {
+            Attempt::Finished => return finish(&mut state, tcp).await.map(|()| true),
+            Attempt::ClientGone => return Ok(false),
+            Attempt::Lost(why) => {
+                proxy.set_online(false, &why);
+                if !state.started {
+                    start(&mut state, tcp).await?;
+                }
+                debug!("watch {}: upstream lost ({why}); resuming", head.target);
+                let wait = RETRY.min(deadline.saturating_duration_since(Instant::now()));
+                async_io::Timer::after(wait).await;
+            }
+        }
+    }
+    finish(&mut state, tcp).await.map(|()| true)
+}
+
+/// The client's side of one watch.
+struct Stream {
+    encoding: Encoding,
+    /// The last resourceVersion the client saw (or asked to start from).
+    resource_version: Option<String>,
+    /// The response head went to the client.
+    started: bool,
+    /// The client's cached view this watch keeps fresh.
+    key: Option<crate::cache::ViewKey>,
+}
+
+/// Sends the client the head of a watch stream the proxy frames itself.
+async fn start(state: &mut Stream, tcp: &mut TcpStream) -> io::Result<()> {
+    let headers = [
+        ("Audit-Id", "tether-edge-watch".to_string()),
+        ("Cache-Control", "no-cache, private".to_string()),
+        (
+            "Content-Type",
+            state.encoding.content_type(true).to_string(),
+        ),
+        ("Transfer-Encoding", "chunked".to_string()),
+    ];
+    let mut out = Vec::new();
+    http::write_response_head(200, "OK", &headers, &mut out)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    tcp.write_all(&out).await?;
+    state.started = true;
+    Ok(())
+}
+
+async fn finish(state: &mut Stream, tcp: &mut TcpStream) -> io::Result<()> {
+    if !state.started {
+        start(state, tcp).await?;
+    }
+    let mut out = Vec::new();
+    ChunkedEncoder::finish(&mut out);
+    tcp.write_all(&out).await
+}
+
+/// One upstream watch, from the last resourceVersion, relayed event by
+/// event until it ends or breaks.
+async fn attempt(
+    proxy: &Proxy,
+    head: &RequestHead,
+    identity: Identity,
+    state: &mut Stream,
+    tcp: &mut TcpStream,
+    remaining: Duration,
+) -> Attempt {
+    let mut conn = match proxy.api.connect(identity).await {
+        Ok(c) => c,
+        Err(e) => return Attempt::Lost(e.to_string()),
+    };
+    let target = with_query(
+        &head.target,
+        state.resource_version.as_deref(),
+        remaining.as_secs().max(1),
+    );
+    let upstream = RequestHead {
+        target,
+        headers: head
+            .headers
+            .iter()
+            .filter(|(n, _)| !n.eq_ignore_ascii_case("Connection"))
+            .cloned()
+            .collect(),
+        ..head.clone()
+    };
+    let mut out = Vec::new();
+    if let Err(e) = http::write_request_head(&upstream, &mut out) {
+        return Attempt::Lost(e.to_string());
+    }
+    if let Err(e) = conn.write_all(&out).await {
+        return Attempt::Lost(e.to_string());
+    }
+    let mut buf = Vec::new();
+    let head_read = async {
+        loop {
+            match http::parse_response_head(&buf, &Limits::default()) {
+                Ok(Some(h)) => return Ok(h),
+                Ok(None) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            let mut chunk = [0u8; 8192];
+            match conn.read(&mut chunk).await {
+                Ok(0) => return Err("closed before an answer".to_string()),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    };
+    let (resp, used) = match head_read
+        .or(async {
+            async_io::Timer::after(super::ANSWER_TIMEOUT).await;
+            Err("no answer in time".to_string())
+        })
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return Attempt::Lost(e),
+    };
+    buf.drain(..used);
+    let Ok(kind) = resp.body_kind(&head.method) else {
+        return Attempt::Lost("bad framing from the apiserver".into());
+    };
+    if resp.status != 200 {
+        if resp.status >= 500 {
+            return Attempt::Lost(format!("kube-apiserver answered {}", resp.status));
+        }
+        if !state.started {
+            // Nothing of ours reached the client: pass the answer on as is.
+            let mut out = Vec::new();
+            let _ = http::write_response_head(resp.status, &resp.reason, &resp.headers, &mut out);
+            if tcp.write_all(&out).await.is_err() {
+                return Attempt::ClientGone;
+            }
+            return relay_rest(&mut conn, kind, buf, tcp).await;
+        }
+        // Mid-stream, a refusal (410 for a compacted resourceVersion):
+        // tell the client with an ERROR event carrying the Status.
+        let mut body = Vec::new();
+        let mut decoder = BodyDecoder::new(kind);
+        let _ = decoder.decode(&buf, &mut body);
+        let event = kube::encode_watch_event(state.encoding, EventType::Error, &body);
+        return if send_event(tcp, &event).await {
+            Attempt::Finished
+        } else {
+            Attempt::ClientGone
+        };
+    }
+    proxy.set_online(true, "");
+    if !state.started && start(state, tcp).await.is_err() {
+        return Attempt::ClientGone;
+    }
+    let encoding = resp
+        .header("Content-Type")
+        .and_then(Encoding::from_content_type)
+        .unwrap_or(state.encoding);
+    let mut body = BodyDecoder::new(kind);
+    let mut events = WatchDecoder::new(encoding, MAX_FRAME);
+    loop {
+        if buf.is_empty() {
+            let mut chunk = vec![0u8; 16 * 1024];
+            match conn.read(&mut chunk).await {
+                Ok(0) => return Attempt::Lost("the watch connection closed".into()),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) => return Attempt::Lost(e.to_string()),
+            }
+        }
+        let mut data = Vec::new();
+        let (used, done) = match body.decode(&buf, &mut data) {
+            Ok(r) => r,
+            Err(e) => return Attempt::Lost(e.to_string()),
+        };
+        buf.drain(..used);
+        events.push(&data);
+        loop {
+            let event = match events.next_event() {
+                Ok(Some(ev)) => ev,
+                Ok(None) => break,
+                Err(e) => return Attempt::Lost(format!("undecodable watch event: {e}")),
+            };
+            if !event.meta.resource_version.is_empty() {
+                state.resource_version = Some(event.meta.resource_version.clone());
+            }
+            record(proxy, state, encoding, &event);
+            let frame = kube::encode_watch_event(encoding, event.event_type, event.object);
+            if !send_event(tcp, &frame).await {
+                return Attempt::ClientGone;
+            }
+            if event.event_type == EventType::Error {
+                return Attempt::Finished;
+            }
+        }
+        if done {
+            return Attempt::Finished;
+        }
+    }
+}
+
+/// Writes one event as one chunk; false when the client is gone.
+async fn send_event(tcp: &mut TcpStream, frame: &[u8]) -> bool {
+    let mut out = Vec::with_capacity(frame.len() + 16);
+    ChunkedEncoder::chunk(frame, &mut out);
+    tcp.write_all(&out).await.is_ok()
+}
+
+/// Relays the rest of an upstream answer as received.
+async fn relay_rest(
+    conn: &mut crate::apiclient::ApiConn,
+    kind: http::BodyKind,
+    mut buf: Vec<u8>,
+    tcp: &mut TcpStream,
+) -> Attempt {
+    let mut decoder = BodyDecoder::new(kind);
+    loop {
+        if buf.is_empty() && !decoder.is_done() {
+            let mut chunk = vec![0u8; 16 * 1024];
+            match conn.read(&mut chunk).await {
+                Ok(0) | Err(_) => return Attempt::ClientGone,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let step = match decoder.step(&buf) {
+            Ok(s) => s,
+            Err(_) => return Attempt::ClientGone,
+        };
+        if tcp.write_all(&buf[..step.consumed]).await.is_err() {
+            return Attempt::ClientGone;
+        }
+        buf.drain(..step.consumed);
+        if step.done {
+            // The answer is complete; the client's stream is over.
+            return Attempt::ClientGone;
+        }
+    }
+}
+
+/// Applies a watch event to the client's cached view, if it has one.
+fn record(proxy: &Proxy, state: &Stream, encoding: Encoding, event: &kube::WatchEvent<'_>) {
+    let Some(key) = &state.key else { return };
+    let rv = state.resource_version.clone().unwrap_or_default();
+    let mut store = proxy.store.borrow_mut();
+    let Some(store) = store.as_mut() else { return };
+    let make = || -> Option<ObjectRow> {
+        let item = kube::watch_object_to_item(encoding, event.object).ok()?;
+        Some(ObjectRow {
+            namespace: event.meta.namespace.clone(),
+            name: event.meta.name.clone(),
+            uid: event.meta.uid.clone(),
+            resource_version: event.meta.resource_version.clone(),
+            labels: event.meta.labels.iter().cloned().collect(),
+            body: item,
+        })
+    };
+    let applied = match event.event_type {
+        EventType::Added => make().map(Event::Added),
+        EventType::Modified => make().map(Event::Modified),
+        EventType::Deleted => make().map(Event::Deleted),
+        EventType::Bookmark | EventType::Error => None,
+    };
+    if let Some(ev) = applied {
+        if let Err(e) = store.apply_event(key, &ev, &rv) {
+            info!("cache: cannot apply a watch event ({key}): {e}");
+        }
+    }
+}
+
+/// `target` with `resourceVersion` set to `rv` (when known) and
+/// `timeoutSeconds` to `timeout`, other parameters kept as they were.
+pub fn with_query(target: &str, rv: Option<&str>, timeout: u64) -> String {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let mut params: Vec<String> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter(|p| {
+            let key = p.split('=').next().unwrap_or("");
+            key != "timeoutSeconds" && !(rv.is_some() && key == "resourceVersion")
+        })
+        .map(str::to_owned)
+        .collect();
+    if let Some(rv) = rv {
+        // resourceVersions are decimal digits; anything else is dropped
+        // rather than pasted into a URL.
+        if !rv.is_empty() && rv.bytes().all(|b| b.is_ascii_digit()) {
+            params.push(format!("resourceVersion={rv}"));
+        }
+    }
+    params.push(format!("timeoutSeconds={timeout}"));
+    format!("{path}?{}", params.join("&"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_query;
+
+    #[test]
+    fn resume_targets() {
+        let t = "/api/v1/pods?allowWatchBookmarks=true&fieldSelector=spec.nodeName%3Dedge-1&resourceVersion=426&timeoutSeconds=313&watch=true";
+        assert_eq!(
+            with_query(t, Some("500"), 200),
+            "/api/v1/pods?allowWatchBookmarks=true&fieldSelector=spec.nodeName%3Dedge-1&watch=true&resourceVersion=500&timeoutSeconds=200"
+        );
+        assert_eq!(
+            with_query("/api/v1/pods?watch=1&resourceVersion=7", None, 5),
+            "/api/v1/pods?watch=1&resourceVersion=7&timeoutSeconds=5"
+        );
+        assert_eq!(
+            with_query("/api/v1/pods?watch=1", Some("1&x=2"), 5),
+            "/api/v1/pods?watch=1&timeoutSeconds=5"
+        );
+    }
+}
