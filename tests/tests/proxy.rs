@@ -433,3 +433,114 @@ fn a_watch_survives_an_outage_without_a_relist() {
         "the watch was not resumed from the last resourceVersion seen"
     );
 }
+
+#[test]
+fn after_compaction_the_edge_relists_and_sends_the_difference() {
+    use tether_tests::apiserver::Kind;
+    let pki = Pki::new();
+    let standin = StandIn::start_tls(&pki);
+    let hub = start_hub(
+        &pki,
+        Transport::Tls,
+        &["edge-1"],
+        &format!(
+            "[upstream.kube-apiserver]\naddress = \"{}\"\n",
+            standin.addr()
+        ),
+    );
+    let proxy: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let edge = start_edge(
+        &pki,
+        "edge-1",
+        hub.link,
+        Transport::Tls,
+        EdgeAuth::Token,
+        &edge_config(&pki, proxy, None),
+    );
+    assert!(edge.wait_for_log("API proxy on", WAIT), "{}", edge.logs());
+    let pb = "application/vnd.kubernetes.protobuf,application/json";
+    let (status, list) = request(proxy, "GET", PODS, pb, b"");
+    assert_eq!(status, 200, "{}", edge.logs());
+    let list = kube::parse_list(Encoding::Protobuf, &list).expect("list");
+    let (changed, gone) = (list.items[0].meta.clone(), list.items[1].meta.clone());
+    let rv = list.meta.resource_version.clone();
+    let events = watch(
+        proxy,
+        &format!("/api/v1/pods?allowWatchBookmarks=true&fieldSelector=spec.nodeName%3Dedge-1&resourceVersion={rv}&timeoutSeconds=120&watch=true"),
+    );
+    // Let the watch reach the stand-in before it goes away.
+    let deadline = Instant::now() + WAIT;
+    while !standin
+        .requests()
+        .iter()
+        .any(|r| r.target.contains("watch=true"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the watch never reached the apiserver"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lists = || {
+        standin
+            .requests()
+            .iter()
+            .filter(|r| !r.target.contains("watch"))
+            .count()
+    };
+    let lists_before = lists();
+
+    // While the node is cut off, one pod changes, one is deleted, and the
+    // apiserver's history is compacted past what the edge has seen.
+    standin.set_down(true);
+    std::thread::sleep(Duration::from_millis(1500));
+    standin
+        .modify_label(
+            Kind::Pod,
+            &changed.namespace,
+            &changed.name,
+            "tether-test",
+            "changed",
+        )
+        .expect("modify");
+    standin
+        .delete(Kind::Pod, &gone.namespace, &gone.name)
+        .expect("delete");
+    standin.compact();
+    standin.set_down(false);
+
+    // The open watch gets exactly the difference, as ordinary events.
+    let mut got = vec![next_change(&events), next_change(&events)];
+    got.sort();
+    assert_eq!(got[0].0, "DELETED");
+    assert_eq!(got[0].1, gone.name);
+    assert_eq!(got[1].0, "MODIFIED");
+    assert_eq!(got[1].1, changed.name);
+    assert!(got[1].3.contains(&("tether-test".into(), "changed".into())));
+    // The edge re-listed once; the client did not.
+    assert_eq!(lists(), lists_before + 1, "{:?}", standin.requests());
+    assert!(edge.wait_for_log("history was compacted while away", WAIT));
+    // And the stream goes on from the new list.
+    standin
+        .modify_label(
+            Kind::Pod,
+            &changed.namespace,
+            &changed.name,
+            "tether-test",
+            "after",
+        )
+        .expect("modify");
+    let next = next_change(&events);
+    assert_eq!(
+        (next.0.as_str(), next.1.as_str()),
+        ("MODIFIED", changed.name.as_str())
+    );
+    // The cache followed: offline, the deleted pod is gone.
+    standin.set_down(true);
+    let _ = request(proxy, "GET", PODS, pb, b"");
+    let (status, offline) = request(proxy, "GET", PODS, pb, b"");
+    assert_eq!(status, 200);
+    let offline = kube::parse_list(Encoding::Protobuf, &offline).expect("list");
+    assert!(offline.items.iter().all(|i| i.meta.name != gone.name));
+    assert_eq!(offline.items.len(), list.items.len() - 1);
+}

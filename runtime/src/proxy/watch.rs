@@ -7,10 +7,13 @@
 //! The proxy frames the client's stream itself (one chunk per event), since
 //! one client stream may span several upstream responses.
 //!
-//! Not yet: when the apiserver answers 410 Gone on resume (its history was
-//! compacted), the ERROR event is passed on and the stream ends, so the
-//! client re-lists; re-listing upstream and sending the difference instead
-//! comes next.
+//! When the apiserver answers 410 Gone on resume (its history was
+//! compacted while the node was away), the proxy re-lists upstream itself,
+//! sends the client the difference to its cached view as ordinary
+//! ADDED/MODIFIED/DELETED events, and watches on from the new list: no
+//! client ever re-lists because of an outage. Only a watch without a view to
+//! compare against (the client never listed through the proxy) gets the
+//! ERROR event and ends, as from the apiserver itself.
 
 use super::offline;
 use super::Proxy;
@@ -44,6 +47,9 @@ enum Attempt {
     Lost(String),
     /// The client went away.
     ClientGone,
+    /// The apiserver no longer has history from our resourceVersion (410);
+    /// holds the ERROR frame to pass on if re-listing is not possible.
+    Gone(Vec<u8>),
 }
 
 /// Serves one watch request until its timeout, across outages.
@@ -76,6 +82,21 @@ pub(super) async fn serve(
         match attempt(proxy, head, identity, &mut state, tcp, remaining).await {
             Attempt::Finished => return finish(&mut state, tcp).await.map(|()| true),
             Attempt::ClientGone => return Ok(false),
+            Attempt::Gone(frame) => match relist(proxy, head, identity, &mut state, tcp).await {
+                Relist::Done => {}
+                Relist::ClientGone => return Ok(false),
+                Relist::Lost(why) => {
+                    proxy.set_online(false, &why);
+                    let wait = RETRY.min(deadline.saturating_duration_since(Instant::now()));
+                    async_io::Timer::after(wait).await;
+                }
+                Relist::NoView => {
+                    if !send_event(tcp, &frame).await {
+                        return Ok(false);
+                    }
+                    return finish(&mut state, tcp).await.map(|()| true);
+                }
+            },
             Attempt::Lost(why) => {
                 proxy.set_online(false, &why);
                 if !state.started {
@@ -214,6 +235,9 @@ async fn attempt(
         let mut decoder = BodyDecoder::new(kind);
         let _ = decoder.decode(&buf, &mut body);
         let event = kube::encode_watch_event(state.encoding, EventType::Error, &body);
+        if resp.status == 410 {
+            return Attempt::Gone(event);
+        }
         return if send_event(tcp, &event).await {
             Attempt::Finished
         } else {
@@ -252,11 +276,16 @@ async fn attempt(
                 Ok(None) => break,
                 Err(e) => return Attempt::Lost(format!("undecodable watch event: {e}")),
             };
+            let frame = kube::encode_watch_event(encoding, event.event_type, event.object);
+            if event.event_type == EventType::Error
+                && kube::parse_status(encoding, event.object).is_ok_and(|s| s.code == 410)
+            {
+                return Attempt::Gone(frame);
+            }
             if !event.meta.resource_version.is_empty() {
                 state.resource_version = Some(event.meta.resource_version.clone());
             }
             record(proxy, state, encoding, &event);
-            let frame = kube::encode_watch_event(encoding, event.event_type, event.object);
             if !send_event(tcp, &frame).await {
                 return Attempt::ClientGone;
             }
@@ -266,6 +295,181 @@ async fn attempt(
         }
         if done {
             return Attempt::Finished;
+        }
+    }
+}
+
+/// How a re-list after 410 went.
+enum Relist {
+    /// The client has the difference; watch on from the new list.
+    Done,
+    /// The apiserver could not be reached: try again later.
+    Lost(String),
+    /// Nothing to compare against.
+    NoView,
+    /// The client went away.
+    ClientGone,
+}
+
+/// Re-lists upstream with the watch's selectors and sends the client the
+/// difference to its cached view as watch events.
+async fn relist(
+    proxy: &Proxy,
+    head: &RequestHead,
+    identity: Identity,
+    state: &mut Stream,
+    tcp: &mut TcpStream,
+) -> Relist {
+    let Some(key) = state.key.clone() else {
+        return Relist::NoView;
+    };
+    if !view_exists(proxy, &key) {
+        return Relist::NoView;
+    }
+    let objects = proxy.store.borrow().as_ref().map(|s| s.objects(&key));
+    let Some(Ok(old)) = objects else {
+        return Relist::NoView;
+    };
+    let body = match fetch_list(proxy, head, identity).await {
+        Ok(b) => b,
+        Err(e) => return Relist::Lost(e),
+    };
+    let encoding = state.encoding;
+    let Ok(list) = kube::parse_list(encoding, &body) else {
+        return Relist::Lost("the re-list did not parse".into());
+    };
+    let kind = list
+        .kind
+        .strip_suffix("List")
+        .unwrap_or(&list.kind)
+        .to_owned();
+    let before: std::collections::HashMap<(&str, &str), &ObjectRow> = old
+        .iter()
+        .map(|o| ((o.namespace.as_str(), o.name.as_str()), o))
+        .collect();
+    let mut frames = Vec::new();
+    let mut present = std::collections::HashSet::new();
+    for item in &list.items {
+        let id = (item.meta.namespace.as_str(), item.meta.name.as_str());
+        present.insert(id);
+        let event_type = match before.get(&id) {
+            None => EventType::Added,
+            Some(o) if o.resource_version != item.meta.resource_version => EventType::Modified,
+            Some(_) => continue,
+        };
+        let object = kube::item_to_watch_object(encoding, &list.api_version, &kind, item.bytes);
+        frames.push(kube::encode_watch_event(encoding, event_type, &object));
+    }
+    for o in &old {
+        if !present.contains(&(o.namespace.as_str(), o.name.as_str())) {
+            let object = kube::item_to_watch_object(encoding, &list.api_version, &kind, &o.body);
+            frames.push(kube::encode_watch_event(
+                encoding,
+                EventType::Deleted,
+                &object,
+            ));
+        }
+    }
+    info!(
+        "watch {}: history was compacted while away; re-listed and sent the client {} changes",
+        head.target.split('?').next().unwrap_or(""),
+        frames.len()
+    );
+    for frame in &frames {
+        if !send_event(tcp, frame).await {
+            return Relist::ClientGone;
+        }
+    }
+    let list_rv = list.meta.resource_version.clone();
+    if let Some(store) = proxy.store.borrow_mut().as_mut() {
+        if let Err(e) = offline::record(store, &key, encoding, &body) {
+            info!("cache: cannot record the re-list ({key}): {e}");
+        }
+    }
+    state.resource_version = Some(list_rv);
+    Relist::Done
+}
+
+fn view_exists(proxy: &Proxy, key: &crate::cache::ViewKey) -> bool {
+    proxy
+        .store
+        .borrow()
+        .as_ref()
+        .is_some_and(|s| matches!(s.view(key), Ok(Some(_))))
+}
+
+/// GETs the watch's collection (its selectors, no resourceVersion: the
+/// current state) and returns the de-chunked body of a 200 answer.
+async fn fetch_list(
+    proxy: &Proxy,
+    head: &RequestHead,
+    identity: Identity,
+) -> Result<Vec<u8>, String> {
+    let (path, query) = head.target.split_once('?').unwrap_or((&head.target, ""));
+    let keep: Vec<&str> = query
+        .split('&')
+        .filter(|p| p.starts_with("labelSelector=") || p.starts_with("fieldSelector="))
+        .collect();
+    let target = if keep.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", keep.join("&"))
+    };
+    let request = RequestHead {
+        target,
+        headers: head
+            .headers
+            .iter()
+            .filter(|(n, _)| !n.eq_ignore_ascii_case("Connection"))
+            .cloned()
+            .collect(),
+        ..head.clone()
+    };
+    let mut conn = proxy
+        .api
+        .connect(identity)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    http::write_request_head(&request, &mut out).map_err(|e| e.to_string())?;
+    conn.write_all(&out).await.map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    let (resp, used) = loop {
+        if let Some(h) =
+            http::parse_response_head(&buf, &Limits::default()).map_err(|e| e.to_string())?
+        {
+            break h;
+        }
+        let mut chunk = [0u8; 8192];
+        match conn.read(&mut chunk).await {
+            Ok(0) => return Err("closed before an answer".into()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    if resp.status != 200 {
+        return Err(format!("the re-list was answered {}", resp.status));
+    }
+    buf.drain(..used);
+    let mut decoder = BodyDecoder::new(resp.body_kind("GET").map_err(|e| e.to_string())?);
+    let mut body = Vec::new();
+    loop {
+        let (n, done) = decoder.decode(&buf, &mut body).map_err(|e| e.to_string())?;
+        buf.drain(..n);
+        if done {
+            return Ok(body);
+        }
+        if body.len() > super::MAX_RECORDED {
+            return Err("the re-list is larger than the proxy keeps".into());
+        }
+        let mut chunk = vec![0u8; 64 * 1024];
+        match conn.read(&mut chunk).await {
+            Ok(0) => {
+                decoder.finish_eof().map_err(|e| e.to_string())?;
+                return Ok(body);
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(e.to_string()),
         }
     }
 }
