@@ -510,7 +510,7 @@ fn after_compaction_the_edge_relists_and_sends_the_difference() {
     standin.set_down(false);
 
     // The open watch gets exactly the difference, as ordinary events.
-    let mut got = vec![next_change(&events), next_change(&events)];
+    let mut got = [next_change(&events), next_change(&events)];
     got.sort();
     assert_eq!(got[0].0, "DELETED");
     assert_eq!(got[0].1, gone.name);
