@@ -96,6 +96,14 @@ impl ApiClient {
                     Ok(ApiConn::Direct(Box::new(tls)))
                 }
                 (None, Some(link)) => {
+                    // While the link is down a stream would only wait: fail
+                    // at once so the proxy answers from the cache.
+                    if !link.with_session(|s| s.is_up()) {
+                        return Err(io::Error::new(
+                            io::ErrorKind::NotConnected,
+                            "the link to the hub is down",
+                        ));
+                    }
                     let upstream = self.cfg.upstream.clone().unwrap_or_default();
                     let stream = link
                         .open(OwnedTarget::Upstream(upstream))
