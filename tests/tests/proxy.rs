@@ -457,6 +457,7 @@ fn after_compaction_the_edge_relists_and_sends_the_difference() {
         EdgeAuth::Token,
         &edge_config(&pki, proxy, None),
     );
+    assert!(wait_linked(hub.admin, "edge-1", WAIT), "{}", edge.logs());
     assert!(edge.wait_for_log("API proxy on", WAIT), "{}", edge.logs());
     let pb = "application/vnd.kubernetes.protobuf,application/json";
     let (status, list) = request(proxy, "GET", PODS, pb, b"");
@@ -568,6 +569,7 @@ fn a_restart_with_no_network_serves_the_cache_at_once() {
         EdgeAuth::Token,
         &config,
     );
+    assert!(wait_linked(hub.admin, "edge-1", WAIT), "{}", edge.logs());
     assert!(edge.wait_for_log("API proxy on", WAIT), "{}", edge.logs());
     let pb = "application/vnd.kubernetes.protobuf,application/json";
     let (status, online) = request(proxy, "GET", PODS, pb, b"");
