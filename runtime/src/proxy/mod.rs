@@ -364,29 +364,9 @@ async fn relay(
         .map_err(|e| Upstream::Unavailable(e.to_string()))?;
 
     // The answer's head, within the timeout.
-    let limits = Limits::default();
     let mut buf = Vec::new();
-    let head_read = async {
-        loop {
-            match http::parse_response_head(&buf, &limits) {
-                Ok(Some(h)) => return Ok(h),
-                Ok(None) => {}
-                Err(e) => return Err(e.to_string()),
-            }
-            let mut chunk = [0u8; 8192];
-            match conn.read(&mut chunk).await {
-                Ok(0) => return Err("connection closed before an answer".to_string()),
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-    };
     let watch = api.verb == crate::kube::request::Verb::Watch;
-    let (resp, used): (ResponseHead, usize) = head_read
-        .or(async {
-            async_io::Timer::after(ANSWER_TIMEOUT).await;
-            Err(format!("no answer within {ANSWER_TIMEOUT:?}"))
-        })
+    let (resp, used) = read_head(&mut conn, &mut buf)
         .await
         .map_err(Upstream::Unavailable)?;
     let key = offline::view_key(api);
@@ -446,6 +426,31 @@ async fn relay(
         }
     }
     Ok(true)
+}
+
+/// Reads an answer's head into `buf` (which keeps any body bytes read
+/// with it), within [`ANSWER_TIMEOUT`]. Returns the head and its length.
+async fn read_head(conn: &mut ApiConn, buf: &mut Vec<u8>) -> Result<(ResponseHead, usize), String> {
+    let read = async {
+        loop {
+            if let Some(h) =
+                http::parse_response_head(buf, &Limits::default()).map_err(|e| e.to_string())?
+            {
+                return Ok(h);
+            }
+            let mut chunk = [0u8; 8192];
+            match conn.read(&mut chunk).await {
+                Ok(0) => return Err("connection closed before an answer".to_string()),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    };
+    read.or(async {
+        async_io::Timer::after(ANSWER_TIMEOUT).await;
+        Err(format!("no answer within {ANSWER_TIMEOUT:?}"))
+    })
+    .await
 }
 
 /// Writes a small JSON answer.

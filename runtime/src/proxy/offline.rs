@@ -21,15 +21,7 @@ pub fn view_key(api: &ApiRequest) -> Option<ViewKey> {
     {
         return None;
     }
-    Some(ViewKey {
-        client: api.client.clone(),
-        resource: r.resource_path(),
-        namespace: r.namespace.clone(),
-        name: r.name.clone(),
-        label_selector: r.query.label_selector.clone(),
-        field_selector: r.query.field_selector.clone(),
-        encoding: encoding_name(api.encoding).into(),
-    })
+    Some(key_of(api, r))
 }
 
 /// The cache view a watch keeps fresh: the view of the LIST with the same
@@ -39,7 +31,13 @@ pub fn watch_view_key(api: &ApiRequest) -> Option<ViewKey> {
     if api.verb != Verb::Watch || !api.transform.is_empty() {
         return None;
     }
-    Some(ViewKey {
+    Some(key_of(api, r))
+}
+
+/// The view key of a request on resource `r`: client, resource, namespace,
+/// name, selectors and encoding.
+fn key_of(api: &ApiRequest, r: &crate::kube::request::ResourceRequest) -> ViewKey {
+    ViewKey {
         client: api.client.clone(),
         resource: r.resource_path(),
         namespace: r.namespace.clone(),
@@ -47,7 +45,7 @@ pub fn watch_view_key(api: &ApiRequest) -> Option<ViewKey> {
         label_selector: r.query.label_selector.clone(),
         field_selector: r.query.field_selector.clone(),
         encoding: encoding_name(api.encoding).into(),
-    })
+    }
 }
 
 fn encoding_name(e: Encoding) -> &'static str {

@@ -19,11 +19,10 @@ use super::offline;
 use super::Proxy;
 use crate::apiclient::Identity;
 use crate::cache::{Event, ObjectRow};
-use crate::http::{self, BodyDecoder, ChunkedEncoder, Limits, RequestHead};
+use crate::http::{self, BodyDecoder, ChunkedEncoder, RequestHead};
 use crate::kube::request::ApiRequest;
 use crate::kube::{self, Encoding, EventType, WatchDecoder};
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
-use futures_lite::FutureExt;
 use log::{debug, info};
 use smol::net::TcpStream;
 use std::io;
@@ -187,28 +186,7 @@ async fn attempt(
         return Attempt::Lost(e.to_string());
     }
     let mut buf = Vec::new();
-    let head_read = async {
-        loop {
-            match http::parse_response_head(&buf, &Limits::default()) {
-                Ok(Some(h)) => return Ok(h),
-                Ok(None) => {}
-                Err(e) => return Err(e.to_string()),
-            }
-            let mut chunk = [0u8; 8192];
-            match conn.read(&mut chunk).await {
-                Ok(0) => return Err("closed before an answer".to_string()),
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-    };
-    let (resp, used) = match head_read
-        .or(async {
-            async_io::Timer::after(super::ANSWER_TIMEOUT).await;
-            Err("no answer in time".to_string())
-        })
-        .await
-    {
+    let (resp, used) = match super::read_head(&mut conn, &mut buf).await {
         Ok(r) => r,
         Err(e) => return Attempt::Lost(e),
     };
@@ -434,19 +412,7 @@ async fn fetch_list(
     http::write_request_head(&request, &mut out).map_err(|e| e.to_string())?;
     conn.write_all(&out).await.map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
-    let (resp, used) = loop {
-        if let Some(h) =
-            http::parse_response_head(&buf, &Limits::default()).map_err(|e| e.to_string())?
-        {
-            break h;
-        }
-        let mut chunk = [0u8; 8192];
-        match conn.read(&mut chunk).await {
-            Ok(0) => return Err("closed before an answer".into()),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) => return Err(e.to_string()),
-        }
-    };
+    let (resp, used) = super::read_head(&mut conn, &mut buf).await?;
     if resp.status != 200 {
         return Err(format!("the re-list was answered {}", resp.status));
     }
