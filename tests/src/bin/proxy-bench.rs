@@ -1,0 +1,198 @@
+//! proxy-bench: the API proxy's figures (issue 3), printed.
+//!
+//! Runs the release tether-hub and tether-edge against the stand-in
+//! kube-apiserver (TLS 1.3 with the node's certificate) holding 1,000 pods
+//! bound to the node, and measures:
+//! - an online GET through the proxy (through the link and the hub) against
+//!   the same GET sent to the stand-in directly over TLS: p50 and p99;
+//! - an offline LIST of the 1,000 pods from the cache: p50 and p99;
+//! - a restart of the edge with no network: process start to the first
+//!   cached answer.
+//!
+//! Usage: cargo run --release -p tether-tests --bin proxy-bench [-- --requests N]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tether_edge::http::{self, BodyDecoder, Limits};
+use tether_tests::apiserver::{Kind, StandIn};
+use tether_tests::bench::arg;
+use tether_tests::cluster::{start_edge, start_hub, wait_linked, EdgeAuth, Transport};
+use tether_tests::pki::Pki;
+use tether_tests::procs::free_port;
+
+const KUBELET: &str = "kubelet/v1.24.0+0 (linux/amd64) kubernetes/2cc6ddc";
+const PB: &str = "application/vnd.kubernetes.protobuf,application/json";
+const PODS: &str = "/api/v1/pods?fieldSelector=spec.nodeName%3Dedge-1&limit=500&resourceVersion=0";
+
+/// Sends one request on `conn` (keep-alive) and reads the whole answer.
+fn exchange<S: Read + Write>(conn: &mut S, target: &str) -> (u16, usize) {
+    let head = format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: {KUBELET}\r\nAccept: {PB}\r\n\r\n");
+    conn.write_all(head.as_bytes()).expect("write");
+    let mut raw = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let (resp, used) = loop {
+        if let Some(h) = http::parse_response_head(&raw, &Limits::default()).expect("head") {
+            break h;
+        }
+        let n = conn.read(&mut chunk).expect("read");
+        assert!(n > 0, "connection closed");
+        raw.extend_from_slice(&chunk[..n]);
+    };
+    raw.drain(..used);
+    let mut decoder = BodyDecoder::new(resp.body_kind("GET").expect("framing"));
+    let mut body = Vec::new();
+    loop {
+        let (n, done) = decoder.decode(&raw, &mut body).expect("body");
+        raw.drain(..n);
+        if done {
+            return (resp.status, body.len());
+        }
+        let n = conn.read(&mut chunk).expect("read");
+        assert!(n > 0, "connection closed mid-body");
+        raw.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    (at(0.50), at(0.99))
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// Seeds `count` pods on edge-1, cloned from a recorded one with names of
+/// the same length, so the bytes stay valid in both encodings.
+fn seed(standin: &StandIn, count: usize) -> String {
+    let (ns, template) = ("edge-apps", "api-m5ghvwrtzm-dcwg6");
+    let (json, pb) = standin.object(Kind::Pod, ns, template).expect("recorded pod");
+    let replace = |bytes: &[u8], from: &[u8], to: &[u8]| -> Vec<u8> {
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i..].starts_with(from) {
+                out.extend_from_slice(to);
+                i += from.len();
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        out
+    };
+    for n in 0..count {
+        let name = format!("bench-pod-{n:010}");
+        assert_eq!(name.len(), template.len());
+        let j = replace(&json, template.as_bytes(), name.as_bytes());
+        let p = replace(&pb, template.as_bytes(), name.as_bytes());
+        standin.put(Kind::Pod, ns, &name, &j, &p).expect("put");
+    }
+    format!("/api/v1/namespaces/{ns}/pods/{template}")
+}
+
+fn main() {
+    let requests = arg("--requests", 2000) as usize;
+    let pki = Pki::new();
+    let standin = StandIn::start_tls(&pki);
+    let pod = seed(&standin, 1000);
+    let hub = start_hub(
+        &pki,
+        Transport::Tls,
+        &["edge-1"],
+        &format!("[upstream.kube-apiserver]\naddress = \"{}\"\n", standin.addr()),
+    );
+    let proxy: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let (cert, key) = pki.node_cert("system:node:edge-1");
+    let config = format!(
+        "log_level = \"info\"\n[apiserver]\nserver_name = \"localhost\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n[proxy]\nlisten = \"{proxy}\"\ncache = \"{}\"\n",
+        pki.ca.display(),
+        cert.display(),
+        key.display(),
+        pki.dir.join("bench-cache.db").display()
+    );
+    // start_edge writes log_level itself; the line above only matters for
+    // the restart below, so drop it here.
+    let edge_cfg = config.replacen("log_level = \"info\"\n", "", 1);
+    let mut edge = start_edge(&pki, "edge-1", hub.link, Transport::Tls, EdgeAuth::Token, &edge_cfg);
+    assert!(wait_linked(hub.admin, "edge-1", Duration::from_secs(30)), "{}", edge.logs());
+    println!("machine: {} cores; stand-in with {} pods on edge-1", std::thread::available_parallelism().map_or(0, |n| n.get()), 1000 + 19);
+
+    // Online: through the proxy (link + hub) and directly over TLS.
+    let mut via_proxy = TcpStream::connect(proxy).expect("proxy");
+    let _ = via_proxy.set_nodelay(true);
+    let (status, _) = exchange(&mut via_proxy, PODS);
+    assert_eq!(status, 200, "{}", edge.logs());
+    let mut proxied = Vec::with_capacity(requests);
+    for _ in 0..requests {
+        let t = Instant::now();
+        let (status, _) = exchange(&mut via_proxy, &pod);
+        proxied.push(t.elapsed());
+        assert_eq!(status, 200);
+    }
+    let client = tether_link::tls::client_config(&pki.ca, Some((&cert, &key))).expect("tls");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let conn = rustls::ClientConnection::new(Arc::new(client), name).expect("tls conn");
+    let tcp = TcpStream::connect(standin.addr()).expect("stand-in");
+    let _ = tcp.set_nodelay(true);
+    let mut direct_conn = rustls::StreamOwned::new(conn, tcp);
+    let mut direct = Vec::with_capacity(requests);
+    for _ in 0..requests {
+        let t = Instant::now();
+        let (status, _) = exchange(&mut direct_conn, &pod);
+        direct.push(t.elapsed());
+        assert_eq!(status, 200);
+    }
+    let (pp50, pp99) = percentiles(proxied);
+    let (dp50, dp99) = percentiles(direct);
+    println!(
+        "online GET pod, {requests} requests: through the proxy, link and hub p50 {} p99 {}; direct to the stand-in p50 {} p99 {}; added p99 {}",
+        ms(pp50),
+        ms(pp99),
+        ms(dp50),
+        ms(dp99),
+        ms(pp99.saturating_sub(dp99))
+    );
+
+    // Offline LIST of the 1,000+ pods from the cache.
+    standin.set_down(true);
+    let mut offline_conn = TcpStream::connect(proxy).expect("proxy");
+    let (status, size) = exchange(&mut offline_conn, PODS);
+    assert_eq!(status, 200, "{}", edge.logs());
+    let mut offline = Vec::with_capacity(requests / 4);
+    for _ in 0..(requests / 4).max(50) {
+        let t = Instant::now();
+        let (status, _) = exchange(&mut offline_conn, PODS);
+        offline.push(t.elapsed());
+        assert_eq!(status, 200);
+    }
+    let (op50, op99) = percentiles(offline);
+    println!("offline LIST of 1,019 pods ({size} bytes, protobuf) from the cache: p50 {} p99 {}", ms(op50), ms(op99));
+
+    // Restart with no network: process start to the first cached answer.
+    edge.kill();
+    drop(hub);
+    let started = Instant::now();
+    let edge = start_edge(
+        &pki,
+        "edge-1",
+        ([127, 0, 0, 1], free_port()).into(),
+        Transport::Tls,
+        EdgeAuth::Token,
+        &edge_cfg,
+    );
+    let first = loop {
+        if let Ok(mut c) = TcpStream::connect(proxy) {
+            let (status, _) = exchange(&mut c, PODS);
+            if status == 200 {
+                break started.elapsed();
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no cached answer:\n{}", edge.logs());
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    println!("restart with no network, process start to the first cached answer: {}", ms(first));
+}
