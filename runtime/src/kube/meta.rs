@@ -430,15 +430,29 @@ where
 {
     match encoding {
         Encoding::Protobuf => {
-            let mut raw = Vec::new();
-            pb::put_len_field(&mut raw, 1, &pb_encode_list_meta(meta));
-            for item in items {
-                pb::put_len_field(&mut raw, 2, item.as_ref());
+            // Written straight into the envelope, sized up front: a cached
+            // list of thousands of objects is copied once, not three times.
+            let items: Vec<B> = items.into_iter().collect();
+            let list_meta = pb_encode_list_meta(meta);
+            let field_len = |len: usize| 1 + varint_len(len as u64) + len;
+            let raw_len = field_len(list_meta.len())
+                + items
+                    .iter()
+                    .map(|i| field_len(i.as_ref().len()))
+                    .sum::<usize>();
+            let mut out = pb::encode_envelope_head(api_version, kind, raw_len);
+            out.reserve(raw_len + 4);
+            pb::put_len_field(&mut out, 1, &list_meta);
+            for item in &items {
+                pb::put_len_field(&mut out, 2, item.as_ref());
             }
-            pb::encode_envelope(api_version, kind, &raw)
+            pb::encode_envelope_tail(&mut out);
+            out
         }
         Encoding::Json => {
-            let mut out = Vec::new();
+            let items: Vec<B> = items.into_iter().collect();
+            let size = items.iter().map(|i| i.as_ref().len() + 1).sum::<usize>();
+            let mut out = Vec::with_capacity(size + 256);
             out.extend_from_slice(b"{\"kind\":");
             json::write_string(&mut out, kind);
             out.extend_from_slice(b",\"apiVersion\":");
@@ -446,7 +460,7 @@ where
             out.extend_from_slice(b",\"metadata\":");
             json_encode_list_meta(&mut out, meta);
             out.extend_from_slice(b",\"items\":[");
-            for (i, item) in items.into_iter().enumerate() {
+            for (i, item) in items.iter().enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }
@@ -456,6 +470,15 @@ where
             out
         }
     }
+}
+
+fn varint_len(mut v: u64) -> usize {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
 }
 
 /// A watch event's object in the shape a list holds it: protobuf, the bare

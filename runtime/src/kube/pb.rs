@@ -211,16 +211,31 @@ pub fn parse_envelope(body: &[u8]) -> Result<Envelope<'_>> {
 /// Wraps an object message in a `k8s\0` envelope the way the apiserver does
 /// (empty `contentEncoding` and `contentType` written out).
 pub fn encode_envelope(api_version: &str, kind: &str, raw: &[u8]) -> Vec<u8> {
+    let mut out = encode_envelope_head(api_version, kind, raw.len());
+    out.reserve(raw.len() + 4);
+    out.extend_from_slice(raw);
+    encode_envelope_tail(&mut out);
+    out
+}
+
+/// The envelope up to and including the length of `raw`: a caller that
+/// knows `raw_len` appends `raw` itself, then [`encode_envelope_tail`].
+pub fn encode_envelope_head(api_version: &str, kind: &str, raw_len: usize) -> Vec<u8> {
     let mut type_meta = Vec::with_capacity(api_version.len() + kind.len() + 4);
     put_len_field(&mut type_meta, 1, api_version.as_bytes());
     put_len_field(&mut type_meta, 2, kind.as_bytes());
-    let mut out = Vec::with_capacity(raw.len() + type_meta.len() + 16);
+    let mut out = Vec::with_capacity(type_meta.len() + 32);
     out.extend_from_slice(MAGIC);
     put_len_field(&mut out, 1, &type_meta);
-    put_len_field(&mut out, 2, raw);
-    put_len_field(&mut out, 3, b"");
-    put_len_field(&mut out, 4, b"");
+    put_varint(&mut out, 2 << 3 | 2);
+    put_varint(&mut out, raw_len as u64);
     out
+}
+
+/// The envelope's empty `contentEncoding` and `contentType` fields.
+pub fn encode_envelope_tail(out: &mut Vec<u8>) {
+    put_len_field(out, 3, b"");
+    put_len_field(out, 4, b"");
 }
 
 /// The bytes of the first occurrence of length-delimited `field` in a

@@ -28,7 +28,9 @@ const PODS: &str = "/api/v1/pods?fieldSelector=spec.nodeName%3Dedge-1&limit=500&
 
 /// Sends one request on `conn` (keep-alive) and reads the whole answer.
 fn exchange<S: Read + Write>(conn: &mut S, target: &str) -> (u16, usize) {
-    let head = format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: {KUBELET}\r\nAccept: {PB}\r\n\r\n");
+    let head = format!(
+        "GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: {KUBELET}\r\nAccept: {PB}\r\n\r\n"
+    );
     conn.write_all(head.as_bytes()).expect("write");
     let mut raw = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
@@ -69,7 +71,9 @@ fn ms(d: Duration) -> String {
 /// the same length, so the bytes stay valid in both encodings.
 fn seed(standin: &StandIn, count: usize) -> String {
     let (ns, template) = ("edge-apps", "api-m5ghvwrtzm-dcwg6");
-    let (json, pb) = standin.object(Kind::Pod, ns, template).expect("recorded pod");
+    let (json, pb) = standin
+        .object(Kind::Pod, ns, template)
+        .expect("recorded pod");
     let replace = |bytes: &[u8], from: &[u8], to: &[u8]| -> Vec<u8> {
         let mut out = Vec::with_capacity(bytes.len());
         let mut i = 0;
@@ -103,7 +107,10 @@ fn main() {
         &pki,
         Transport::Tls,
         &["edge-1"],
-        &format!("[upstream.kube-apiserver]\naddress = \"{}\"\n", standin.addr()),
+        &format!(
+            "[upstream.kube-apiserver]\naddress = \"{}\"\n",
+            standin.addr()
+        ),
     );
     let proxy: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let (cert, key) = pki.node_cert("system:node:edge-1");
@@ -117,9 +124,24 @@ fn main() {
     // start_edge writes log_level itself; the line above only matters for
     // the restart below, so drop it here.
     let edge_cfg = config.replacen("log_level = \"info\"\n", "", 1);
-    let mut edge = start_edge(&pki, "edge-1", hub.link, Transport::Tls, EdgeAuth::Token, &edge_cfg);
-    assert!(wait_linked(hub.admin, "edge-1", Duration::from_secs(30)), "{}", edge.logs());
-    println!("machine: {} cores; stand-in with {} pods on edge-1", std::thread::available_parallelism().map_or(0, |n| n.get()), 1000 + 19);
+    let mut edge = start_edge(
+        &pki,
+        "edge-1",
+        hub.link,
+        Transport::Tls,
+        EdgeAuth::Token,
+        &edge_cfg,
+    );
+    assert!(
+        wait_linked(hub.admin, "edge-1", Duration::from_secs(30)),
+        "{}",
+        edge.logs()
+    );
+    println!(
+        "machine: {} cores; stand-in with {} pods on edge-1",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        1000 + 19
+    );
 
     // Online: through the proxy (link + hub) and directly over TLS.
     let mut via_proxy = TcpStream::connect(proxy).expect("proxy");
@@ -170,7 +192,11 @@ fn main() {
         assert_eq!(status, 200);
     }
     let (op50, op99) = percentiles(offline);
-    println!("offline LIST of 1,019 pods ({size} bytes, protobuf) from the cache: p50 {} p99 {}", ms(op50), ms(op99));
+    println!(
+        "offline LIST of 1,019 pods ({size} bytes, protobuf) from the cache: p50 {} p99 {}",
+        ms(op50),
+        ms(op99)
+    );
 
     // Restart with no network: process start to the first cached answer.
     edge.kill();
@@ -191,8 +217,15 @@ fn main() {
                 break started.elapsed();
             }
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "no cached answer:\n{}", edge.logs());
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no cached answer:\n{}",
+            edge.logs()
+        );
         std::thread::sleep(Duration::from_millis(2));
     };
-    println!("restart with no network, process start to the first cached answer: {}", ms(first));
+    println!(
+        "restart with no network, process start to the first cached answer: {}",
+        ms(first)
+    );
 }
