@@ -342,18 +342,7 @@ async fn relay(
             .map_err(|e| Upstream::Unavailable(e.to_string()))?,
     };
     let mut out = Vec::with_capacity(512 + body.len());
-    let upstream_head = RequestHead {
-        headers: head
-            .headers
-            .iter()
-            .filter(|(n, _)| {
-                !n.eq_ignore_ascii_case("Connection") && !n.eq_ignore_ascii_case("Keep-Alive")
-            })
-            .cloned()
-            .collect(),
-        ..head.clone()
-    };
-    http::write_request_head(&upstream_head, &mut out)
+    http::write_request_head(&upstream_head(head, head.target.clone()), &mut out)
         .map_err(|e| Upstream::Unavailable(e.to_string()))?;
     out.extend_from_slice(body);
     conn.write_all(&out)
@@ -426,6 +415,24 @@ async fn relay(
         }
     }
     Ok(true)
+}
+
+/// The client's request head as sent upstream to `target`: the same
+/// method and headers, less the client's hop-by-hop connection headers
+/// (the proxy manages its own upstream connections).
+fn upstream_head(head: &RequestHead, target: String) -> RequestHead {
+    RequestHead {
+        target,
+        headers: head
+            .headers
+            .iter()
+            .filter(|(n, _)| {
+                !n.eq_ignore_ascii_case("Connection") && !n.eq_ignore_ascii_case("Keep-Alive")
+            })
+            .cloned()
+            .collect(),
+        ..head.clone()
+    }
 }
 
 /// Reads an answer's head into `buf` (which keeps any body bytes read

@@ -168,16 +168,7 @@ async fn attempt(
         state.resource_version.as_deref(),
         remaining.as_secs().max(1),
     );
-    let upstream = RequestHead {
-        target,
-        headers: head
-            .headers
-            .iter()
-            .filter(|(n, _)| !n.eq_ignore_ascii_case("Connection"))
-            .cloned()
-            .collect(),
-        ..head.clone()
-    };
+    let upstream = super::upstream_head(head, target);
     let mut out = Vec::new();
     if let Err(e) = http::write_request_head(&upstream, &mut out) {
         return Attempt::Lost(e.to_string());
@@ -393,16 +384,7 @@ async fn fetch_list(
     } else {
         format!("{path}?{}", keep.join("&"))
     };
-    let request = RequestHead {
-        target,
-        headers: head
-            .headers
-            .iter()
-            .filter(|(n, _)| !n.eq_ignore_ascii_case("Connection"))
-            .cloned()
-            .collect(),
-        ..head.clone()
-    };
+    let request = super::upstream_head(head, target);
     let mut conn = proxy
         .api
         .connect(identity)
