@@ -217,8 +217,19 @@ fn online_then_offline(standin: &StandIn, proxy: SocketAddr, edge: &Proc) {
     );
 }
 
-#[test]
-fn through_the_link_online_and_offline() {
+/// An edge whose API proxy reaches the stand-in through the link and the
+/// hub, linked and serving. Fields drop in order: processes before the PKI
+/// folder they read.
+struct Fleet {
+    edge: Proc,
+    hub: tether_tests::cluster::Hub,
+    standin: StandIn,
+    proxy: SocketAddr,
+    config: String,
+    pki: Pki,
+}
+
+fn through_link() -> Fleet {
     let pki = Pki::new();
     let standin = StandIn::start_tls(&pki);
     let hub = start_hub(
@@ -231,16 +242,31 @@ fn through_the_link_online_and_offline() {
         ),
     );
     let proxy: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let config = edge_config(&pki, proxy, None);
     let edge = start_edge(
         &pki,
         "edge-1",
         hub.link,
         Transport::Tls,
         EdgeAuth::Token,
-        &edge_config(&pki, proxy, None),
+        &config,
     );
     assert!(wait_linked(hub.admin, "edge-1", WAIT), "{}", edge.logs());
-    online_then_offline(&standin, proxy, &edge);
+    assert!(edge.wait_for_log("API proxy on", WAIT), "{}", edge.logs());
+    Fleet {
+        edge,
+        hub,
+        standin,
+        proxy,
+        config,
+        pki,
+    }
+}
+
+#[test]
+fn through_the_link_online_and_offline() {
+    let f = through_link();
+    online_then_offline(&f.standin, f.proxy, &f.edge);
 }
 
 #[test]
@@ -333,28 +359,13 @@ fn next_change(events: &std::sync::mpsc::Receiver<Seen>) -> Seen {
 #[test]
 fn a_watch_survives_an_outage_without_a_relist() {
     use tether_tests::apiserver::Kind;
-    let pki = Pki::new();
-    let standin = StandIn::start_tls(&pki);
-    let hub = start_hub(
-        &pki,
-        Transport::Tls,
-        &["edge-1"],
-        &format!(
-            "[upstream.kube-apiserver]\naddress = \"{}\"\n",
-            standin.addr()
-        ),
-    );
-    let proxy: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let edge = start_edge(
-        &pki,
-        "edge-1",
-        hub.link,
-        Transport::Tls,
-        EdgeAuth::Token,
-        &edge_config(&pki, proxy, None),
-    );
-    assert!(edge.wait_for_log("API proxy on", WAIT), "{}", edge.logs());
-    assert!(wait_linked(hub.admin, "edge-1", WAIT));
+    let Fleet {
+        edge,
+        standin,
+        proxy,
+        ..
+    } = &through_link();
+    let (proxy, standin) = (*proxy, standin);
     let pb = "application/vnd.kubernetes.protobuf,application/json";
     let (status, list) = request(proxy, "GET", PODS, pb, b"");
     assert_eq!(status, 200, "{}", edge.logs());
@@ -437,28 +448,13 @@ fn a_watch_survives_an_outage_without_a_relist() {
 #[test]
 fn after_compaction_the_edge_relists_and_sends_the_difference() {
     use tether_tests::apiserver::Kind;
-    let pki = Pki::new();
-    let standin = StandIn::start_tls(&pki);
-    let hub = start_hub(
-        &pki,
-        Transport::Tls,
-        &["edge-1"],
-        &format!(
-            "[upstream.kube-apiserver]\naddress = \"{}\"\n",
-            standin.addr()
-        ),
-    );
-    let proxy: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let edge = start_edge(
-        &pki,
-        "edge-1",
-        hub.link,
-        Transport::Tls,
-        EdgeAuth::Token,
-        &edge_config(&pki, proxy, None),
-    );
-    assert!(wait_linked(hub.admin, "edge-1", WAIT), "{}", edge.logs());
-    assert!(edge.wait_for_log("API proxy on", WAIT), "{}", edge.logs());
+    let Fleet {
+        edge,
+        standin,
+        proxy,
+        ..
+    } = &through_link();
+    let (proxy, standin) = (*proxy, standin);
     let pb = "application/vnd.kubernetes.protobuf,application/json";
     let (status, list) = request(proxy, "GET", PODS, pb, b"");
     assert_eq!(status, 200, "{}", edge.logs());
@@ -548,29 +544,14 @@ fn after_compaction_the_edge_relists_and_sends_the_difference() {
 
 #[test]
 fn a_restart_with_no_network_serves_the_cache_at_once() {
-    let pki = Pki::new();
-    let standin = StandIn::start_tls(&pki);
-    let hub = start_hub(
-        &pki,
-        Transport::Tls,
-        &["edge-1"],
-        &format!(
-            "[upstream.kube-apiserver]\naddress = \"{}\"\n",
-            standin.addr()
-        ),
-    );
-    let proxy: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let config = edge_config(&pki, proxy, None);
-    let mut edge = start_edge(
-        &pki,
-        "edge-1",
-        hub.link,
-        Transport::Tls,
-        EdgeAuth::Token,
-        &config,
-    );
-    assert!(wait_linked(hub.admin, "edge-1", WAIT), "{}", edge.logs());
-    assert!(edge.wait_for_log("API proxy on", WAIT), "{}", edge.logs());
+    let Fleet {
+        mut edge,
+        hub,
+        standin,
+        proxy,
+        config,
+        pki,
+    } = through_link();
     let pb = "application/vnd.kubernetes.protobuf,application/json";
     let (status, online) = request(proxy, "GET", PODS, pb, b"");
     assert_eq!(status, 200, "{}", edge.logs());
