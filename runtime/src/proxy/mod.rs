@@ -136,12 +136,7 @@ async fn client(proxy: Rc<Proxy>, mut tcp: TcpStream) {
                 Ok(Some(h)) => break h,
                 Ok(None) => {}
                 Err(e) => {
-                    let _ = reply(
-                        &mut tcp,
-                        e.status(),
-                        &offline::status_json(e.status(), "BadRequest", e.message()),
-                    )
-                    .await;
+                    let _ = fail(&mut tcp, e.status(), "BadRequest", e.message()).await;
                     return;
                 }
             }
@@ -155,12 +150,7 @@ async fn client(proxy: Rc<Proxy>, mut tcp: TcpStream) {
         let body = match read_body(&mut tcp, &head, &mut buf).await {
             Ok(b) => b,
             Err(status) => {
-                let _ = reply(
-                    &mut tcp,
-                    status,
-                    &offline::status_json(status, "BadRequest", "request body"),
-                )
-                .await;
+                let _ = fail(&mut tcp, status, "BadRequest", "request body").await;
                 return;
             }
         };
@@ -224,12 +214,7 @@ async fn handle(
     ) {
         Ok(a) => a,
         Err(e) => {
-            reply(
-                tcp,
-                400,
-                &offline::status_json(400, "BadRequest", &e.to_string()),
-            )
-            .await?;
+            fail(tcp, 400, "BadRequest", &e.to_string()).await?;
             return Ok(false);
         }
     };
@@ -266,12 +251,7 @@ async fn answer_offline(proxy: &Proxy, api: &ApiRequest, tcp: &mut TcpStream) ->
     if api.verb.is_write() {
         proxy.counters.borrow_mut().writes_refused += 1;
         let msg = "kube-apiserver is out of reach from this node: the request was not applied";
-        reply(
-            tcp,
-            503,
-            &offline::status_json(503, "ServiceUnavailable", msg),
-        )
-        .await?;
+        fail(tcp, 503, "ServiceUnavailable", msg).await?;
         return Ok(true);
     }
     let cached = match (offline::view_key(api), proxy.store.borrow_mut().as_mut()) {
@@ -304,12 +284,7 @@ async fn answer_offline(proxy: &Proxy, api: &ApiRequest, tcp: &mut TcpStream) ->
         None => {
             proxy.counters.borrow_mut().offline_misses += 1;
             let msg = "kube-apiserver is out of reach from this node and this request was never answered before";
-            reply(
-                tcp,
-                503,
-                &offline::status_json(503, "ServiceUnavailable", msg),
-            )
-            .await?;
+            fail(tcp, 503, "ServiceUnavailable", msg).await?;
             Ok(true)
         }
     }
@@ -460,8 +435,9 @@ async fn read_head(conn: &mut ApiConn, buf: &mut Vec<u8>) -> Result<(ResponseHea
     .await
 }
 
-/// Writes a small JSON answer.
-async fn reply(tcp: &mut TcpStream, status: u16, body: &[u8]) -> io::Result<()> {
+/// Answers with a `metav1.Status` failure of `status`.
+async fn fail(tcp: &mut TcpStream, status: u16, reason: &str, message: &str) -> io::Result<()> {
+    let body = offline::status_json(status, reason, message);
     let headers = [
         ("Cache-Control", "no-cache, private".to_string()),
         ("Content-Type", "application/json".to_string()),
@@ -469,7 +445,7 @@ async fn reply(tcp: &mut TcpStream, status: u16, body: &[u8]) -> io::Result<()> 
     ];
     let mut out = Vec::new();
     if http::write_response_head(status, http::reason_phrase(status), &headers, &mut out).is_ok() {
-        out.extend_from_slice(body);
+        out.extend_from_slice(&body);
         tcp.write_all(&out).await?;
     }
     Ok(())
