@@ -353,9 +353,10 @@ async fn relay(
     let mut recorded = Vec::new();
     let mut too_big = false;
     let mut done = kind == BodyKind::None;
+    // One read buffer for the whole body, not one per read.
+    let mut chunk = vec![0u8; 64 * 1024];
     while !done {
         if buf.is_empty() {
-            let mut chunk = vec![0u8; 64 * 1024];
             let n = conn.read(&mut chunk).await.map_err(|_| Upstream::Broken)?;
             if n == 0 {
                 decoder.finish_eof().map_err(|_| Upstream::Broken)?;

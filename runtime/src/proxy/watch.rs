@@ -222,10 +222,11 @@ async fn attempt(
         .and_then(Encoding::from_content_type)
         .unwrap_or(state.encoding);
     let mut body = BodyDecoder::new(kind);
+    // One read buffer for the whole body, not one per read.
+    let mut chunk = vec![0u8; 16 * 1024];
     let mut events = WatchDecoder::new(encoding, MAX_FRAME);
     loop {
         if buf.is_empty() {
-            let mut chunk = vec![0u8; 16 * 1024];
             match conn.read(&mut chunk).await {
                 Ok(0) => return Attempt::Lost("the watch connection closed".into()),
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
@@ -401,6 +402,8 @@ async fn fetch_list(
     buf.drain(..used);
     let mut decoder = BodyDecoder::new(resp.body_kind("GET").map_err(|e| e.to_string())?);
     let mut body = Vec::new();
+    // One read buffer for the whole body, not one per read.
+    let mut chunk = vec![0u8; 64 * 1024];
     loop {
         let (n, done) = decoder.decode(&buf, &mut body).map_err(|e| e.to_string())?;
         buf.drain(..n);
@@ -410,7 +413,6 @@ async fn fetch_list(
         if body.len() > super::MAX_RECORDED {
             return Err("the re-list is larger than the proxy keeps".into());
         }
-        let mut chunk = vec![0u8; 64 * 1024];
         match conn.read(&mut chunk).await {
             Ok(0) => {
                 decoder.finish_eof().map_err(|e| e.to_string())?;
@@ -437,9 +439,10 @@ async fn relay_rest(
     tcp: &mut TcpStream,
 ) -> Attempt {
     let mut decoder = BodyDecoder::new(kind);
+    // One read buffer for the whole body, not one per read.
+    let mut chunk = vec![0u8; 16 * 1024];
     loop {
         if buf.is_empty() && !decoder.is_done() {
-            let mut chunk = vec![0u8; 16 * 1024];
             match conn.read(&mut chunk).await {
                 Ok(0) | Err(_) => return Attempt::ClientGone,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
