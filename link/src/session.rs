@@ -529,17 +529,15 @@ impl Session {
 
     /// The peer lost our session: nothing queued for it can be delivered.
     fn lose_session(&mut self) {
-        self.inflight.clear();
-        self.seen.clear();
-        self.mux.reset_all(
-            ResetCode::SessionLost,
+        self.peer_restarted(
             "the hub no longer had this node's session (hub restart, or the session expired)",
         );
         self.events.push_back(Event::SessionLost);
     }
 
-    /// Hub: the session ends without the edge (it restarted with a clean
-    /// session, or the session expired): its streams are reset for `reason`.
+    /// The peer's side of the session is gone (hub: the edge restarted with
+    /// a clean session, or the session expired; edge: the hub lost it): what
+    /// is in flight is dropped and every stream is reset for `reason`.
     pub fn peer_restarted(&mut self, reason: &str) {
         self.inflight.clear();
         self.seen.clear();
