@@ -267,6 +267,39 @@ fn through_link() -> Fleet {
 fn through_the_link_online_and_offline() {
     let f = through_link();
     online_then_offline(&f.standin, f.proxy, &f.edge);
+    // Garbage gets a clear 400 and the proxy goes on serving.
+    for garbage in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET /x HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ] {
+        let mut tcp = TcpStream::connect(f.proxy).expect("connect");
+        tcp.set_read_timeout(Some(WAIT)).expect("timeout");
+        tcp.write_all(garbage).expect("write");
+        let mut raw = Vec::new();
+        let _ = tcp.read_to_end(&mut raw);
+        assert!(
+            raw.starts_with(b"HTTP/1.1 400"),
+            "{:?}",
+            String::from_utf8_lossy(&raw)
+        );
+    }
+    let (status, body) = request(
+        f.proxy,
+        "GET",
+        "/api/v1/pods?limit=x",
+        "application/json",
+        b"",
+    );
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("limit"));
+    let (status, _) = request(
+        f.proxy,
+        "GET",
+        PODS,
+        "application/vnd.kubernetes.protobuf",
+        b"",
+    );
+    assert_eq!(status, 200);
 }
 
 #[test]
