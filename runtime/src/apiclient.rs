@@ -79,6 +79,15 @@ impl ApiClient {
         })
     }
 
+    /// Whether connections go through the link and it is down.
+    pub fn link_down(&self) -> bool {
+        self.cfg.direct.is_none()
+            && self
+                .link
+                .as_ref()
+                .is_some_and(|l| !l.with_session(|s| s.is_up()))
+    }
+
     /// Opens one TLS connection to kube-apiserver carrying `identity`.
     pub async fn connect(&self, identity: Identity) -> io::Result<ApiConn> {
         self.reload_if_rotated();

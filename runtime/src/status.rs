@@ -2,7 +2,7 @@
 //! with the link's and the API proxy's state, one GET per connection.
 
 use crate::http::{self, Limits};
-use crate::proxy::Proxy;
+use crate::proxy::{Miss, Outage, Proxy};
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use futures_lite::FutureExt;
 use smol::net::{TcpListener, TcpStream};
@@ -82,33 +82,31 @@ async fn answer(sources: Rc<Sources>, mut tcp: TcpStream) {
 /// The Prometheus exposition of the edge's state.
 pub fn metrics(sources: &Sources) -> String {
     let mut m = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-        let _ = write!(
-            m,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-        );
-    };
     let stats = sources.link.stats();
     let up = sources.link.with_session(|s| s.is_up());
     metric(
+        &mut m,
         "tether_edge_link_up",
         "gauge",
         "1 while the link to the hub is up.",
         u64::from(up),
     );
     metric(
+        &mut m,
         "tether_edge_link_received_bytes_total",
         "counter",
         "Bytes received on the link (MQTT level).",
         stats.bytes_in,
     );
     metric(
+        &mut m,
         "tether_edge_link_sent_bytes_total",
         "counter",
         "Bytes sent on the link (MQTT level).",
         stats.bytes_out,
     );
     metric(
+        &mut m,
         "tether_edge_link_streams",
         "gauge",
         "Streams open on the link.",
@@ -117,56 +115,83 @@ pub fn metrics(sources: &Sources) -> String {
     if let Some(proxy) = &sources.proxy {
         let c = proxy.counters();
         metric(
+            &mut m,
             "tether_edge_apiserver_reachable",
             "gauge",
             "1 while kube-apiserver answered the last request.",
             u64::from(proxy.online()),
         );
         metric(
+            &mut m,
             "tether_edge_proxy_relayed_total",
             "counter",
             "Requests relayed to kube-apiserver.",
             c.relayed,
         );
         metric(
+            &mut m,
             "tether_edge_proxy_served_offline_total",
             "counter",
             "GET/LIST answered from the cache while offline.",
-            c.served_offline,
+            c.hits.iter().sum(),
         );
         metric(
+            &mut m,
             "tether_edge_proxy_offline_misses_total",
             "counter",
-            "GET/LIST offline with nothing cached for them.",
-            c.offline_misses,
+            "GET/LIST offline that the cache could not answer.",
+            c.misses.iter().sum(),
+        );
+        labelled(
+            &mut m,
+            "tether_edge_cache_hits_total",
+            "Offline GET/LIST answered from the cache, by why kube-apiserver was out of reach.",
+            Outage::ALL.iter().map(|o| (o.label(), c.hits[*o as usize])),
+        );
+        labelled(
+            &mut m,
+            "tether_edge_cache_misses_total",
+            "Offline GET/LIST the cache could not answer, by why.",
+            Miss::ALL.iter().map(|r| (r.label(), c.misses[*r as usize])),
         );
         metric(
+            &mut m,
             "tether_edge_proxy_writes_refused_total",
             "counter",
             "Writes refused while offline.",
             c.writes_refused,
         );
         metric(
+            &mut m,
             "tether_edge_cache_recorded_total",
             "counter",
             "Answers recorded in the cache.",
             c.recorded,
         );
         if let Some(s) = proxy.cache_stats() {
-            metric("tether_edge_cache_views", "gauge", "Cached views.", s.views);
             metric(
+                &mut m,
+                "tether_edge_cache_views",
+                "gauge",
+                "Cached views.",
+                s.views,
+            );
+            metric(
+                &mut m,
                 "tether_edge_cache_objects",
                 "gauge",
                 "Cached objects.",
                 s.objects,
             );
             metric(
+                &mut m,
                 "tether_edge_cache_bytes",
                 "gauge",
                 "Bytes of cached objects.",
                 s.bytes,
             );
             metric(
+                &mut m,
                 "tether_edge_cache_evictions_total",
                 "counter",
                 "Views evicted under the quota since start.",
@@ -175,4 +200,25 @@ pub fn metrics(sources: &Sources) -> String {
         }
     }
     m
+}
+
+/// Appends a counter with one `reason` label per value.
+fn labelled<'a>(
+    m: &mut String,
+    name: &str,
+    help: &str,
+    values: impl Iterator<Item = (&'a str, u64)>,
+) {
+    let _ = write!(m, "# HELP {name} {help}\n# TYPE {name} counter\n");
+    for (reason, value) in values {
+        let _ = writeln!(m, "{name}{{reason=\"{reason}\"}} {value}");
+    }
+}
+
+/// Appends one unlabelled metric.
+fn metric(m: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    let _ = write!(
+        m,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+    );
 }

@@ -107,12 +107,13 @@ fn build_bins(profile_dir: &Path) -> Result<(), BuildError> {
     cmd.args(["build", "-p", "tether-hub", "-p", "tether-edge", "--bins"])
         .arg("--manifest-path")
         .arg(&manifest);
-    // `target/<profile>`: build the same profile into the same target directory. Custom
-    // profiles and `--target <triple>` layouts fall back to cargo's defaults.
+    // `target/<profile>`: build the same profile into the same target directory (`debug`
+    // is the `dev` profile; custom profiles such as `bench-release` have their own
+    // folder). `--target <triple>` layouts fall back to cargo's defaults.
     let profile = profile_dir.file_name().and_then(|s| s.to_str());
-    if let (Some(p @ ("debug" | "release")), Some(target_dir)) = (profile, profile_dir.parent()) {
-        if p == "release" {
-            cmd.arg("--release");
+    if let (Some(p), Some(target_dir)) = (profile, profile_dir.parent()) {
+        if p != "debug" {
+            cmd.arg("--profile").arg(p);
         }
         cmd.arg("--target-dir").arg(target_dir);
     }

@@ -577,6 +577,42 @@ impl Store {
         Ok(true)
     }
 
+    /// Like [`Store::scan`], but hands `on_body` only each object's body, as
+    /// stored and without copying it: what an answer from the cache needs,
+    /// at a fraction of the cost of whole rows.
+    pub fn scan_bodies<E, M, O>(&self, key: &ViewKey, on_meta: M, mut on_body: O) -> Result<bool, E>
+    where
+        E: From<StoreError>,
+        M: FnOnce(&ViewMeta) -> Result<(), E>,
+        O: FnMut(&[u8]) -> Result<(), E>,
+    {
+        const ACTION: &str = "read a view";
+        let tx = self.conn.unchecked_transaction().ctx(ACTION)?;
+        let Some(meta) = read_view(&tx, key).ctx(ACTION)? else {
+            return Ok(false);
+        };
+        on_meta(&meta)?;
+        let mut stmt = tx
+            .prepare_cached(&format!(
+                "SELECT body FROM objects
+                 WHERE view_id = (SELECT id FROM views WHERE {VIEW_KEY_WHERE})
+                 ORDER BY namespace, name"
+            ))
+            .ctx(ACTION)?;
+        let mut rows = stmt.query(key_params(key)).ctx(ACTION)?;
+        while let Some(row) = rows.next().ctx(ACTION)? {
+            let body = row
+                .get_ref(0)
+                .ctx(ACTION)?
+                .as_blob()
+                .map_err(|_| StoreError::Corrupt {
+                    what: "object body",
+                })?;
+            on_body(body)?;
+        }
+        Ok(true)
+    }
+
     /// All objects of the view `key` in (namespace, name) order; empty if the
     /// view is not cached (use [`Store::view`] to tell). Holds the whole view
     /// in memory: for large lists use [`Store::scan`].
@@ -623,20 +659,22 @@ impl Store {
     /// it is not cached.
     pub fn touch(&mut self, key: &ViewKey) -> Result<bool, StoreError> {
         const ACTION: &str = "mark a view used";
-        let tx = self
+        // One statement, so one implicit transaction. The view that is
+        // already the most recently used is left alone: repeated reads of
+        // one view then write nothing.
+        let changed = self
             .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .prepare_cached(&format!(
+                "UPDATE views SET last_used = (SELECT MAX(last_used) + 1 FROM views)
+                 WHERE {VIEW_KEY_WHERE}
+                   AND last_used < (SELECT MAX(last_used) FROM views)"
+            ))
+            .and_then(|mut stmt| stmt.execute(key_params(key)))
             .ctx(ACTION)?;
-        let tick = next_tick(&tx).ctx(ACTION)?;
-        let [a, b, c, d, e, f, g] = key_params(key);
-        let n = tx
-            .execute(
-                &format!("UPDATE views SET last_used = ?8 WHERE {VIEW_KEY_WHERE}"),
-                params![a, b, c, d, e, f, g, tick],
-            )
-            .ctx(ACTION)?;
-        tx.commit().ctx(ACTION)?;
-        Ok(n > 0)
+        if changed > 0 {
+            return Ok(true);
+        }
+        Ok(view_id(&self.conn, key).ctx(ACTION)?.is_some())
     }
 
     /// Removes the view `key` and its objects. Returns false if it was not

@@ -31,7 +31,7 @@ use smol::net::{TcpListener, TcpStream};
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Largest answer recorded in the cache; bigger ones pass through.
 pub const MAX_RECORDED: usize = 8 << 20;
@@ -46,6 +46,11 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
 /// Idle upstream connections kept for reuse.
 const POOL: usize = 4;
 
+/// While kube-apiserver is out of reach, at most one request per this
+/// interval tries it again; the others are answered from the cache at once
+/// instead of each paying a failed connection first.
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The proxy's shared state.
 pub struct Proxy {
     api: ApiClient,
@@ -53,7 +58,63 @@ pub struct Proxy {
     pool: RefCell<Vec<ApiConn>>,
     /// Whether the last upstream attempt reached kube-apiserver.
     online: Cell<bool>,
+    /// Why it is out of reach, while it is.
+    outage: Cell<Outage>,
+    /// While offline: when the next request may try upstream again.
+    retry_at: Cell<Option<Instant>>,
     counters: RefCell<Counters>,
+}
+
+/// Why kube-apiserver is out of reach: the reason a cached answer was
+/// served, for logs and metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Outage {
+    /// The link to the hub is down.
+    #[default]
+    LinkDown,
+    /// No connection could be made, or no answer came in time.
+    Unreachable,
+    /// kube-apiserver answered with a 5xx.
+    ServerError,
+}
+
+impl Outage {
+    /// Every reason, in metric order.
+    pub const ALL: [Outage; 3] = [Outage::LinkDown, Outage::Unreachable, Outage::ServerError];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outage::LinkDown => "link_down",
+            Outage::Unreachable => "unreachable",
+            Outage::ServerError => "server_error",
+        }
+    }
+}
+
+/// Why an offline GET or LIST could not be answered from the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    /// Nothing was cached for it (never asked online, or evicted).
+    NotCached,
+    /// A request the cache never keeps (paged, `as=Table`, non-resource).
+    NotCacheable,
+    /// The cache could not be read.
+    CacheError,
+}
+
+impl Miss {
+    /// Every reason, in metric order.
+    pub const ALL: [Miss; 3] = [Miss::NotCached, Miss::NotCacheable, Miss::CacheError];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Miss::NotCached => "not_cached",
+            Miss::NotCacheable => "not_cacheable",
+            Miss::CacheError => "cache_error",
+        }
+    }
 }
 
 /// What the proxy did, for logs and metrics.
@@ -61,10 +122,12 @@ pub struct Proxy {
 pub struct Counters {
     /// Requests relayed to kube-apiserver.
     pub relayed: u64,
-    /// GET/LIST answered from the cache while offline.
-    pub served_offline: u64,
-    /// GET/LIST that could not be answered offline (nothing cached).
-    pub offline_misses: u64,
+    /// GET/LIST answered from the cache while offline, by [`Outage`]
+    /// (indexed as [`Outage::ALL`]).
+    pub hits: [u64; 3],
+    /// GET/LIST that could not be answered offline, by [`Miss`] (indexed
+    /// as [`Miss::ALL`]).
+    pub misses: [u64; 3],
     /// Writes refused while offline.
     pub writes_refused: u64,
     /// Answers recorded in the cache.
@@ -80,6 +143,8 @@ impl Proxy {
             store: RefCell::new(store),
             pool: RefCell::new(Vec::new()),
             online: Cell::new(true),
+            outage: Cell::new(Outage::default()),
+            retry_at: Cell::new(None),
             counters: RefCell::new(Counters::default()),
         }
     }
@@ -99,13 +164,50 @@ impl Proxy {
         self.store.borrow().as_ref().and_then(|s| s.stats().ok())
     }
 
-    fn set_online(&self, online: bool, why: &str) {
-        if self.online.replace(online) != online {
-            if online {
-                info!("kube-apiserver reachable again: relaying");
-            } else {
-                warn!("kube-apiserver out of reach ({why}): answering GET and LIST from the cache, refusing writes");
+    /// An upstream failure `e` (no connection, or no answer), told apart
+    /// by whether the link is down.
+    fn unreachable(&self, e: impl std::fmt::Display) -> Upstream {
+        Upstream::Unavailable(self.outage_now(), e.to_string())
+    }
+
+    /// Why a watch lost kube-apiserver just now.
+    fn outage_now(&self) -> Outage {
+        if self.api.link_down() {
+            Outage::LinkDown
+        } else {
+            Outage::Unreachable
+        }
+    }
+
+    /// Notes that kube-apiserver answered.
+    fn set_online(&self) {
+        self.retry_at.set(None);
+        if !self.online.replace(true) {
+            info!("kube-apiserver reachable again: relaying");
+        }
+    }
+
+    /// Notes that kube-apiserver is out of reach, and why.
+    fn set_offline(&self, outage: Outage, why: &str) {
+        self.outage.set(outage);
+        self.retry_at.set(Some(Instant::now() + RETRY_INTERVAL));
+        if self.online.replace(false) {
+            warn!("kube-apiserver out of reach ({why}): answering GET and LIST from the cache, refusing writes");
+        }
+    }
+
+    /// Whether a request should skip the upstream attempt: kube-apiserver
+    /// is known to be out of reach and another request tried it less than
+    /// [`RETRY_INTERVAL`] ago. When a retry is due, this request is the one
+    /// that tries, and the next retry is pushed back.
+    fn known_offline(&self) -> bool {
+        match self.retry_at.get() {
+            Some(at) if Instant::now() < at => true,
+            Some(_) => {
+                self.retry_at.set(Some(Instant::now() + RETRY_INTERVAL));
+                false
             }
+            None => false,
         }
     }
 }
@@ -194,7 +296,7 @@ async fn read_body(
 /// Why the upstream could not answer.
 enum Upstream {
     /// Nothing reached the client yet: the cache may answer instead.
-    Unavailable(String),
+    Unavailable(Outage, String),
     /// The exchange broke after the client got part of the answer.
     Broken,
 }
@@ -227,9 +329,12 @@ async fn handle(
         proxy.counters.borrow_mut().relayed += 1;
         return watch::serve(proxy, head, &api, tcp, identity).await;
     }
+    if proxy.known_offline() {
+        return answer_offline(proxy, &api, tcp).await;
+    }
     let had_pooled = identity == Identity::Node && !proxy.pool.borrow().is_empty();
     let mut result = relay(proxy, head, body, &api, tcp, identity, true).await;
-    if had_pooled && matches!(result, Err(Upstream::Unavailable(_))) {
+    if had_pooled && matches!(result, Err(Upstream::Unavailable(..))) {
         // A pooled connection the apiserver had closed: try a fresh one.
         proxy.pool.borrow_mut().clear();
         result = relay(proxy, head, body, &api, tcp, identity, false).await;
@@ -240,8 +345,8 @@ async fn handle(
             Ok(keep)
         }
         Err(Upstream::Broken) => Ok(false),
-        Err(Upstream::Unavailable(why)) => {
-            proxy.set_online(false, &why);
+        Err(Upstream::Unavailable(outage, why)) => {
+            proxy.set_offline(outage, &why);
             answer_offline(proxy, &api, tcp).await
         }
     }
@@ -256,17 +361,20 @@ async fn answer_offline(proxy: &Proxy, api: &ApiRequest, tcp: &mut TcpStream) ->
     }
     let cached = match (offline::view_key(api), proxy.store.borrow_mut().as_mut()) {
         (Some(key), Some(store)) => match offline::answer(store, &key, api.encoding) {
-            Ok(found) => found,
+            Ok(Some(found)) => Ok(found),
+            Ok(None) => Err(Miss::NotCached),
             Err(e) => {
                 warn!("cache read failed: {e}");
-                None
+                Err(Miss::CacheError)
             }
         },
-        _ => None,
+        (Some(_), None) => Err(Miss::NotCached),
+        (None, _) => Err(Miss::NotCacheable),
     };
     match cached {
-        Some(body) => {
-            proxy.counters.borrow_mut().served_offline += 1;
+        Ok(body) => {
+            let outage = proxy.outage.get();
+            proxy.counters.borrow_mut().hits[outage as usize] += 1;
             let headers = [
                 ("Audit-Id", "tether-edge-offline".to_string()),
                 ("Cache-Control", "no-cache, private".to_string()),
@@ -281,8 +389,8 @@ async fn answer_offline(proxy: &Proxy, api: &ApiRequest, tcp: &mut TcpStream) ->
             tcp.write_all(&out).await?;
             Ok(true)
         }
-        None => {
-            proxy.counters.borrow_mut().offline_misses += 1;
+        Err(miss) => {
+            proxy.counters.borrow_mut().misses[miss as usize] += 1;
             let msg = "kube-apiserver is out of reach from this node and this request was never answered before";
             fail(tcp, 503, "ServiceUnavailable", msg).await?;
             Ok(true)
@@ -314,33 +422,31 @@ async fn relay(
             .api
             .connect(identity)
             .await
-            .map_err(|e| Upstream::Unavailable(e.to_string()))?,
+            .map_err(|e| proxy.unreachable(e))?,
     };
     let mut out = Vec::with_capacity(512 + body.len());
     http::write_request_head(&upstream_head(head, head.target.clone()), &mut out)
-        .map_err(|e| Upstream::Unavailable(e.to_string()))?;
+        .map_err(|e| proxy.unreachable(e))?;
     out.extend_from_slice(body);
     conn.write_all(&out)
         .await
-        .map_err(|e| Upstream::Unavailable(e.to_string()))?;
-    conn.flush()
-        .await
-        .map_err(|e| Upstream::Unavailable(e.to_string()))?;
+        .map_err(|e| proxy.unreachable(e))?;
+    conn.flush().await.map_err(|e| proxy.unreachable(e))?;
 
     // The answer's head, within the timeout.
     let mut buf = Vec::new();
     let watch = api.verb == crate::kube::request::Verb::Watch;
     let (resp, used) = read_head(&mut conn, &mut buf)
         .await
-        .map_err(Upstream::Unavailable)?;
+        .map_err(|e| proxy.unreachable(e))?;
     let key = offline::view_key(api);
     if resp.status >= 500 && (key.is_some() || api.verb.is_write()) {
-        return Err(Upstream::Unavailable(format!(
-            "kube-apiserver answered {}",
-            resp.status
-        )));
+        return Err(Upstream::Unavailable(
+            Outage::ServerError,
+            format!("kube-apiserver answered {}", resp.status),
+        ));
     }
-    proxy.set_online(true, "");
+    proxy.set_online();
     let kind = resp.body_kind(&head.method).map_err(|_| Upstream::Broken)?;
     let mut decoder = BodyDecoder::new(kind);
     buf.drain(..used);
@@ -382,10 +488,11 @@ async fn relay(
     if let (true, false, Some(key)) = (recording, too_big, key) {
         if let Some(store) = proxy.store.borrow_mut().as_mut() {
             match offline::record(store, &key, api.encoding, &recorded) {
-                Ok(()) => {
+                Ok(true) => {
                     proxy.counters.borrow_mut().recorded += 1;
                     let _ = store.evict_to_quota();
                 }
+                Ok(false) => {}
                 Err(e) => debug!("not cached ({key}): {e}"),
             }
         }

@@ -83,16 +83,32 @@ impl From<StoreError> for RecordError {
 }
 
 /// Records a successful (200) answer `body` in `encoding` as view `key`.
+/// Returns whether the cache changed: an answer at the resourceVersion the
+/// view already has is the same state, so it only counts as a use (repeated
+/// GETs then cost a read, not a write).
 pub fn record(
     store: &mut Store,
     key: &ViewKey,
     encoding: Encoding,
     body: &[u8],
-) -> Result<(), RecordError> {
+) -> Result<bool, RecordError> {
+    let unchanged = |store: &mut Store, rv: &str| -> Result<bool, StoreError> {
+        let same = !rv.is_empty()
+            && store
+                .view(key)?
+                .is_some_and(|v| v.list.complete && v.list.resource_version == rv);
+        if same {
+            store.touch(key)?;
+        }
+        Ok(same)
+    };
     if key.name.is_empty() {
         let list = kube::parse_list(encoding, body).map_err(RecordError::Parse)?;
         if !list.meta.continue_token.is_empty() {
             return Err(RecordError::Partial);
+        }
+        if unchanged(store, &list.meta.resource_version)? {
+            return Ok(false);
         }
         let meta = ListMeta {
             resource_version: list.meta.resource_version.clone(),
@@ -113,6 +129,9 @@ pub fn record(
         store.replace_view(key, &meta, rows)?;
     } else {
         let object = kube::parse_object(encoding, body).map_err(RecordError::Parse)?;
+        if unchanged(store, &object.meta.resource_version)? {
+            return Ok(false);
+        }
         let meta = ListMeta {
             resource_version: object.meta.resource_version.clone(),
             kind: object.kind.clone(),
@@ -131,7 +150,7 @@ pub fn record(
         };
         store.replace_view(key, &meta, [Ok::<_, RecordError>(row)])?;
     }
-    Ok(())
+    Ok(true)
 }
 
 /// The cached answer for `key` in `encoding`, framed as the apiserver
@@ -141,30 +160,54 @@ pub fn answer(
     key: &ViewKey,
     encoding: Encoding,
 ) -> Result<Option<Vec<u8>>, StoreError> {
-    let Some(view) = store.view(key)? else {
+    // The bodies are copied once into one buffer, then once into the
+    // answer: no per-object allocation, no label parsing.
+    let list = std::cell::RefCell::new(None);
+    let mut bodies = Vec::new();
+    let mut ends = Vec::new();
+    let found = store.scan_bodies(
+        key,
+        |view| {
+            *list.borrow_mut() = Some((view.list.clone(), view.bytes));
+            Ok::<(), StoreError>(())
+        },
+        |body| {
+            if ends.is_empty() {
+                // Sized from the view's own total, capped in case the file lies.
+                let total = list.borrow().as_ref().map_or(0, |(_, bytes)| *bytes);
+                bodies.reserve(usize::try_from(total).unwrap_or(0).min(64 << 20));
+            }
+            bodies.extend_from_slice(body);
+            ends.push(bodies.len());
+            Ok(())
+        },
+    )?;
+    let list = list.into_inner().map(|(list, _)| list);
+    let Some(list) = list.filter(|l| found && l.complete) else {
         return Ok(None);
     };
-    if !view.list.complete {
-        return Ok(None);
-    }
     store.touch(key)?;
     if !key.name.is_empty() {
-        return Ok(store.objects(key)?.into_iter().next().map(|o| o.body));
+        // A single object is kept as the whole answer body.
+        return Ok(ends.first().map(|&end| bodies[..end].to_vec()));
     }
     let meta = kube::ListMeta {
-        resource_version: view.list.resource_version.clone(),
+        resource_version: list.resource_version,
         continue_token: String::new(),
         remaining_item_count: None,
     };
     // The store hands objects in (namespace, name) order, the order the
     // apiserver's own lists have.
-    let objects = store.objects(key)?;
+    let starts = std::iter::once(0).chain(ends.iter().copied());
+    let items = starts
+        .zip(ends.iter())
+        .map(|(start, &end)| &bodies[start..end]);
     Ok(Some(kube::encode_list(
         encoding,
-        &view.list.api_version,
-        &view.list.kind,
+        &list.api_version,
+        &list.kind,
         &meta,
-        objects.iter().map(|o| &o.body),
+        items,
     )))
 }
 

@@ -85,7 +85,7 @@ pub(super) async fn serve(
                 Relist::Done => {}
                 Relist::ClientGone => return Ok(false),
                 Relist::Lost(why) => {
-                    proxy.set_online(false, &why);
+                    proxy.set_offline(proxy.outage_now(), &why);
                     let wait = RETRY.min(deadline.saturating_duration_since(Instant::now()));
                     async_io::Timer::after(wait).await;
                 }
@@ -97,7 +97,7 @@ pub(super) async fn serve(
                 }
             },
             Attempt::Lost(why) => {
-                proxy.set_online(false, &why);
+                proxy.set_offline(proxy.outage_now(), &why);
                 if !state.started {
                     start(&mut state, tcp).await?;
                 }
@@ -213,7 +213,7 @@ async fn attempt(
             Attempt::ClientGone
         };
     }
-    proxy.set_online(true, "");
+    proxy.set_online();
     if !state.started && start(state, tcp).await.is_err() {
         return Attempt::ClientGone;
     }
