@@ -577,21 +577,29 @@ impl Store {
         Ok(true)
     }
 
-    /// Like [`Store::scan`], but hands `on_body` only each object's body, as
-    /// stored and without copying it: what an answer from the cache needs,
-    /// at a fraction of the cost of whole rows.
-    pub fn scan_bodies<E, M, O>(&self, key: &ViewKey, on_meta: M, mut on_body: O) -> Result<bool, E>
+    /// Like [`Store::scan`], but hands on only each object's body, as stored
+    /// and without copying it: what an answer from the cache needs, at a
+    /// fraction of the cost of whole rows. `start` turns the view's metadata
+    /// into a state that `on_body` then gets with every body; the state is
+    /// returned, or `None` if the view is not cached.
+    pub fn scan_bodies<E, S, M, O>(
+        &self,
+        key: &ViewKey,
+        start: M,
+        mut on_body: O,
+    ) -> Result<Option<S>, E>
     where
         E: From<StoreError>,
-        M: FnOnce(&ViewMeta) -> Result<(), E>,
-        O: FnMut(&[u8]) -> Result<(), E>,
+        M: FnOnce(&ViewMeta) -> Result<S, E>,
+        O: FnMut(&mut S, &[u8]) -> Result<(), E>,
     {
         const ACTION: &str = "read a view";
+        // One read transaction: metadata and rows from the same snapshot.
         let tx = self.conn.unchecked_transaction().ctx(ACTION)?;
         let Some(meta) = read_view(&tx, key).ctx(ACTION)? else {
-            return Ok(false);
+            return Ok(None);
         };
-        on_meta(&meta)?;
+        let mut state = start(&meta)?;
         let mut stmt = tx
             .prepare_cached(&format!(
                 "SELECT body FROM objects
@@ -605,12 +613,10 @@ impl Store {
                 .get_ref(0)
                 .ctx(ACTION)?
                 .as_blob()
-                .map_err(|_| StoreError::Corrupt {
-                    what: "object body",
-                })?;
-            on_body(body)?;
+                .map_err(|_| StoreError::Corrupt { what: "object body" })?;
+            on_body(&mut state, body)?;
         }
-        Ok(true)
+        Ok(Some(state))
     }
 
     /// All objects of the view `key` in (namespace, name) order; empty if the

@@ -428,46 +428,156 @@ where
     I: IntoIterator<Item = B>,
     B: AsRef<[u8]>,
 {
-    match encoding {
-        Encoding::Protobuf => {
-            // Written straight into the envelope, sized up front: a cached
-            // list of thousands of objects is copied once, not three times.
-            let items: Vec<B> = items.into_iter().collect();
-            let list_meta = pb_encode_list_meta(meta);
-            let field_len = |len: usize| 1 + varint_len(len as u64) + len;
-            let raw_len = field_len(list_meta.len())
-                + items
-                    .iter()
-                    .map(|i| field_len(i.as_ref().len()))
-                    .sum::<usize>();
-            let mut out = pb::encode_envelope_head(api_version, kind, raw_len);
-            out.reserve(raw_len + 4);
-            pb::put_len_field(&mut out, 1, &list_meta);
-            for item in &items {
-                pb::put_len_field(&mut out, 2, item.as_ref());
-            }
-            pb::encode_envelope_tail(&mut out);
-            out
-        }
-        Encoding::Json => {
-            let items: Vec<B> = items.into_iter().collect();
-            let size = items.iter().map(|i| i.as_ref().len() + 1).sum::<usize>();
-            let mut out = Vec::with_capacity(size + 256);
-            out.extend_from_slice(b"{\"kind\":");
-            json::write_string(&mut out, kind);
-            out.extend_from_slice(b",\"apiVersion\":");
-            json::write_string(&mut out, api_version);
-            out.extend_from_slice(b",\"metadata\":");
-            json_encode_list_meta(&mut out, meta);
-            out.extend_from_slice(b",\"items\":[");
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
+    let mut list = ListEncoder::new(encoding, api_version, kind, meta, 0);
+    for item in items {
+        list.push(item.as_ref());
+    }
+    list.finish().into_vec()
+}
+
+/// A list response built item by item, as [`encode_list`] frames it, with
+/// each item copied once, straight into the answer: the proxy builds
+/// offline answers of thousands of cached objects this way.
+///
+/// Protobuf needs the list's length before the items; the encoder leaves
+/// room for the longest possible head, writes the items after it, and
+/// fills in the head at the end, so nothing is moved.
+pub struct ListEncoder {
+    encoding: Encoding,
+    out: Vec<u8>,
+    /// Protobuf: what the head is made of, filled in at the end.
+    head: Option<PbHead>,
+    items: usize,
+}
+
+/// The parts of a protobuf list's head.
+struct PbHead {
+    api_version: String,
+    kind: String,
+    list_meta: Vec<u8>,
+    /// Where the items start in the encoder's buffer.
+    room: usize,
+}
+
+/// An encoded list: the answer is `buf[start..]`.
+pub struct Encoded {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl Encoded {
+    /// The answer's bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    /// The answer as a vector of its own (moves the bytes if the head was
+    /// shorter than the room left for it).
+    pub fn into_vec(mut self) -> Vec<u8> {
+        self.buf.drain(..self.start);
+        self.buf
+    }
+}
+
+impl From<Vec<u8>> for Encoded {
+    fn from(buf: Vec<u8>) -> Encoded {
+        Encoded { buf, start: 0 }
+    }
+}
+
+impl ListEncoder {
+    /// Starts a list of `kind` in `api_version` with `meta`; `size_hint` is
+    /// the expected total of the items' bytes.
+    pub fn new(
+        encoding: Encoding,
+        api_version: &str,
+        kind: &str,
+        meta: &ListMeta,
+        size_hint: usize,
+    ) -> ListEncoder {
+        match encoding {
+            Encoding::Protobuf => {
+                let list_meta = pb_encode_list_meta(meta);
+                // The head with the largest length a varint can carry.
+                let room = pb::encode_envelope_head(api_version, kind, usize::MAX).len()
+                    + 1
+                    + varint_len(list_meta.len() as u64)
+                    + list_meta.len();
+                let mut out = Vec::with_capacity(room + size_hint + size_hint / 256 + 16);
+                out.resize(room, 0);
+                ListEncoder {
+                    encoding,
+                    out,
+                    head: Some(PbHead {
+                        api_version: api_version.to_owned(),
+                        kind: kind.to_owned(),
+                        list_meta,
+                        room,
+                    }),
+                    items: 0,
                 }
-                out.extend_from_slice(item.as_ref());
             }
-            out.extend_from_slice(b"]}\n");
-            out
+            Encoding::Json => {
+                let mut out = Vec::with_capacity(size_hint + size_hint / 256 + 256);
+                out.extend_from_slice(b"{\"kind\":");
+                json::write_string(&mut out, kind);
+                out.extend_from_slice(b",\"apiVersion\":");
+                json::write_string(&mut out, api_version);
+                out.extend_from_slice(b",\"metadata\":");
+                json_encode_list_meta(&mut out, meta);
+                out.extend_from_slice(b",\"items\":[");
+                ListEncoder {
+                    encoding,
+                    out,
+                    head: None,
+                    items: 0,
+                }
+            }
+        }
+    }
+
+    /// Appends one item (bytes as in [`Item::bytes`]).
+    pub fn push(&mut self, item: &[u8]) {
+        match self.encoding {
+            Encoding::Protobuf => pb::put_len_field(&mut self.out, 2, item),
+            Encoding::Json => {
+                if self.items > 0 {
+                    self.out.push(b',');
+                }
+                self.out.extend_from_slice(item);
+            }
+        }
+        self.items += 1;
+    }
+
+    /// The finished answer.
+    pub fn finish(mut self) -> Encoded {
+        match self.head.take() {
+            Some(PbHead {
+                api_version,
+                kind,
+                list_meta,
+                room,
+            }) => {
+                let raw_len = 1 + varint_len(list_meta.len() as u64) + list_meta.len()
+                    + (self.out.len() - room);
+                let mut head = pb::encode_envelope_head(&api_version, &kind, raw_len);
+                pb::put_len_field(&mut head, 1, &list_meta);
+                let start = room - head.len();
+                self.out[start..room].copy_from_slice(&head);
+                pb::encode_envelope_tail(&mut self.out);
+                Encoded {
+                    buf: self.out,
+                    start,
+                }
+            }
+            None => {
+                self.out.extend_from_slice(b"]}\n");
+                Encoded {
+                    buf: self.out,
+                    start: 0,
+                }
+            }
         }
     }
 }

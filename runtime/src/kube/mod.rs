@@ -18,7 +18,7 @@ pub mod watch;
 mod tests;
 
 pub use meta::{
-    encode_list, item_to_watch_object, parse_list, parse_object, parse_status,
+    encode_list, item_to_watch_object, Encoded, ListEncoder, parse_list, parse_object, parse_status,
     watch_object_to_item, Item, List, ListMeta, Object, ObjectMeta, Status,
 };
 pub use watch::{encode_watch_event, EventType, WatchDecoder, WatchEvent};

@@ -375,18 +375,21 @@ async fn answer_offline(proxy: &Proxy, api: &ApiRequest, tcp: &mut TcpStream) ->
         Ok(body) => {
             let outage = proxy.outage.get();
             proxy.counters.borrow_mut().hits[outage as usize] += 1;
+            let body = body.as_slice();
             let headers = [
                 ("Audit-Id", "tether-edge-offline".to_string()),
                 ("Cache-Control", "no-cache, private".to_string()),
                 ("Content-Type", api.encoding.content_type(false).to_string()),
                 ("Content-Length", body.len().to_string()),
             ];
-            let mut out = Vec::with_capacity(body.len() + 256);
-            if http::write_response_head(200, "OK", &headers, &mut out).is_err() {
+            let mut head = Vec::with_capacity(256);
+            if http::write_response_head(200, "OK", &headers, &mut head).is_err() {
                 return Ok(false);
             }
-            out.extend_from_slice(&body);
-            tcp.write_all(&out).await?;
+            // Head and body go out as they are: the body is not copied
+            // again to join them.
+            tcp.write_all(&head).await?;
+            tcp.write_all(body).await?;
             Ok(true)
         }
         Err(miss) => {

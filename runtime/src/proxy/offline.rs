@@ -159,56 +159,57 @@ pub fn answer(
     store: &mut Store,
     key: &ViewKey,
     encoding: Encoding,
-) -> Result<Option<Vec<u8>>, StoreError> {
-    // The bodies are copied once into one buffer, then once into the
-    // answer: no per-object allocation, no label parsing.
-    let list = std::cell::RefCell::new(None);
-    let mut bodies = Vec::new();
-    let mut ends = Vec::new();
-    let found = store.scan_bodies(
+) -> Result<Option<kube::Encoded>, StoreError> {
+    /// What a cached view turns into.
+    enum Building {
+        List(kube::ListEncoder),
+        Object(Option<Vec<u8>>),
+        Incomplete,
+    }
+    // Each body is copied once, straight from the store into the answer.
+    let built = store.scan_bodies(
         key,
         |view| {
-            *list.borrow_mut() = Some((view.list.clone(), view.bytes));
-            Ok::<(), StoreError>(())
-        },
-        |body| {
-            if ends.is_empty() {
-                // Sized from the view's own total, capped in case the file lies.
-                let total = list.borrow().as_ref().map_or(0, |(_, bytes)| *bytes);
-                bodies.reserve(usize::try_from(total).unwrap_or(0).min(64 << 20));
+            if !view.list.complete {
+                return Ok::<_, StoreError>(Building::Incomplete);
             }
-            bodies.extend_from_slice(body);
-            ends.push(bodies.len());
+            if !key.name.is_empty() {
+                return Ok(Building::Object(None));
+            }
+            let meta = kube::ListMeta {
+                resource_version: view.list.resource_version.clone(),
+                continue_token: String::new(),
+                remaining_item_count: None,
+            };
+            // Sized from the view's own total, capped in case the file lies.
+            let hint = usize::try_from(view.bytes).unwrap_or(0).min(64 << 20);
+            Ok(Building::List(kube::ListEncoder::new(
+                encoding,
+                &view.list.api_version,
+                &view.list.kind,
+                &meta,
+                hint,
+            )))
+        },
+        |building, body| {
+            match building {
+                // The store hands objects in (namespace, name) order, the
+                // order the apiserver's own lists have.
+                Building::List(list) => list.push(body),
+                // A single object is kept as the whole answer body.
+                Building::Object(found @ None) => *found = Some(body.to_vec()),
+                Building::Object(Some(_)) | Building::Incomplete => {}
+            }
             Ok(())
         },
     )?;
-    let list = list.into_inner().map(|(list, _)| list);
-    let Some(list) = list.filter(|l| found && l.complete) else {
-        return Ok(None);
+    let answer = match built {
+        Some(Building::List(list)) => list.finish(),
+        Some(Building::Object(Some(object))) => kube::Encoded::from(object),
+        _ => return Ok(None),
     };
     store.touch(key)?;
-    if !key.name.is_empty() {
-        // A single object is kept as the whole answer body.
-        return Ok(ends.first().map(|&end| bodies[..end].to_vec()));
-    }
-    let meta = kube::ListMeta {
-        resource_version: list.resource_version,
-        continue_token: String::new(),
-        remaining_item_count: None,
-    };
-    // The store hands objects in (namespace, name) order, the order the
-    // apiserver's own lists have.
-    let starts = std::iter::once(0).chain(ends.iter().copied());
-    let items = starts
-        .zip(ends.iter())
-        .map(|(start, &end)| &bodies[start..end]);
-    Ok(Some(kube::encode_list(
-        encoding,
-        &list.api_version,
-        &list.kind,
-        &meta,
-        items,
-    )))
+    Ok(Some(answer))
 }
 
 /// A `metav1.Status` failure in JSON (every client accepts JSON).
@@ -292,7 +293,8 @@ mod tests {
             record(&mut store, &key, enc, &body).expect("record list");
             let back = answer(&mut store, &key, enc)
                 .expect("answer")
-                .expect("cached");
+                .expect("cached")
+                .into_vec();
             // The same list: kind, resourceVersion and every item's bytes.
             // Items come in (namespace, name) order, as an etcd-backed list
             // has them (the recording, served from the watch cache, is not).
@@ -339,7 +341,8 @@ mod tests {
             let key = view_key(&req).expect("cacheable");
             let body = fixture(object);
             record(&mut store, &key, enc, &body).expect("record object");
-            assert_eq!(answer(&mut store, &key, enc).expect("answer"), Some(body));
+            let back = answer(&mut store, &key, enc).expect("answer");
+            assert_eq!(back.map(kube::Encoded::into_vec), Some(body));
         }
         // Another client sees nothing of kubelet's views.
         let req = classify(
@@ -351,7 +354,9 @@ mod tests {
         .expect("classify");
         let key = view_key(&req).expect("cacheable");
         assert_eq!(
-            answer(&mut store, &key, Encoding::Json).expect("answer"),
+            answer(&mut store, &key, Encoding::Json)
+                .expect("answer")
+                .map(kube::Encoded::into_vec),
             None
         );
         let _ = std::fs::remove_dir_all(dir);
@@ -370,7 +375,9 @@ mod tests {
         let key = view_key(&r).expect("cacheable");
         assert!(record(&mut store, &key, Encoding::Json, b"{not json").is_err());
         assert_eq!(
-            answer(&mut store, &key, Encoding::Json).expect("answer"),
+            answer(&mut store, &key, Encoding::Json)
+                .expect("answer")
+                .map(kube::Encoded::into_vec),
             None
         );
         let _ = std::fs::remove_dir_all(dir);
