@@ -123,7 +123,7 @@ fn online_then_offline(standin: &StandIn, proxy: SocketAddr, edge: &Proc) {
         b"",
         "Authorization: Bearer pod-token-123\r\n",
     );
-    assert_ne!(status, 0);
+    assert_eq!(status, 200);
     let last = standin.requests().into_iter().last().expect("a request");
     assert_eq!(
         last.identity, "bearer:pod-token-123",
@@ -159,6 +159,27 @@ fn online_then_offline(standin: &StandIn, proxy: SocketAddr, edge: &Proc) {
     let (status, offline_pod) = request(proxy, "GET", pod, pb, b"");
     assert_eq!(status, 200);
     assert!(offline_pod == online_pod, "the cached pod differs");
+    // What a pod fetched with its own token comes back only for that token.
+    let own = |token: &str| {
+        request_with(
+            proxy,
+            "GET",
+            "/api/v1/namespaces/edge-apps/configmaps/web-config",
+            "application/json",
+            b"",
+            &format!("Authorization: Bearer {token}\r\n"),
+        )
+    };
+    assert_eq!(own("pod-token-123").0, 200, "{}", edge.logs());
+    assert_eq!(own("pod-token-456").0, 503);
+    let (status, _) = request(
+        proxy,
+        "GET",
+        "/api/v1/namespaces/edge-apps/configmaps/web-config",
+        "application/json",
+        b"",
+    );
+    assert_eq!(status, 503, "the node was served what a pod fetched");
     // Never asked while online: a clear 503 the client retries on.
     let (status, body) = request(
         proxy,
@@ -209,6 +230,19 @@ fn online_then_offline(standin: &StandIn, proxy: SocketAddr, edge: &Proc) {
     assert!(value("tether_edge_proxy_writes_refused_total") >= 1);
     assert!(value("tether_edge_proxy_offline_misses_total") >= 1);
     assert!(value("tether_edge_cache_objects") > 0);
+    // Hits and misses by reason: the stand-in went away (not the link, in
+    // link mode), and the misses were views never cached.
+    let labelled = |name: &str, reason: &str| -> u64 {
+        let prefix = format!("{name}{{reason=\"{reason}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix:?} in\n{metrics}"))
+    };
+    assert!(labelled("tether_edge_cache_hits_total", "unreachable") >= 3);
+    assert_eq!(labelled("tether_edge_cache_hits_total", "link_down"), 0);
+    assert!(labelled("tether_edge_cache_misses_total", "not_cached") >= 1);
     assert_eq!(
         tether_tests::procs::http_get(status, "/healthz")
             .expect("healthz")

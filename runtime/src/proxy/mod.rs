@@ -12,10 +12,14 @@
 //! Watches are served by [`watch`]: they stay open across outages, resume
 //! from the last resourceVersion, and keep the client's view fresh.
 //!
+//! A request that brings its own credentials (a pod's bearer token) goes
+//! out on a connection without the node's certificate, never pooled, so it
+//! is judged as itself; its answers are cached under its own name (the
+//! User-Agent plus a digest of the credentials), so offline only the same
+//! credentials get them back.
+//!
 //! Not yet (issue 3 goes on): answers larger than [`MAX_RECORDED`] pass
-//! through unrecorded. A request that brings its own credentials (a pod's bearer
-//! token) goes out on a connection without the node's certificate, never
-//! pooled, so it is judged as itself.
+//! through unrecorded.
 
 pub mod offline;
 pub mod watch;
@@ -308,7 +312,7 @@ async fn handle(
     body: &[u8],
     tcp: &mut TcpStream,
 ) -> io::Result<bool> {
-    let api = match classify(
+    let mut api = match classify(
         &head.method,
         &head.target,
         head.header("User-Agent"),
@@ -320,10 +324,15 @@ async fn handle(
             return Ok(false);
         }
     };
-    let identity = if head.header("Authorization").is_some() {
-        Identity::Own
-    } else {
-        Identity::Node
+    let identity = match head.header("Authorization") {
+        Some(credentials) => {
+            // A client with its own credentials gets views of its own: what
+            // one token fetched is never served to another, even with the
+            // same User-Agent.
+            api.client = own_client(&api.client, credentials);
+            Identity::Own
+        }
+        None => Identity::Node,
     };
     if api.verb == crate::kube::request::Verb::Watch {
         proxy.counters.borrow_mut().relayed += 1;
@@ -501,6 +510,18 @@ async fn relay(
         }
     }
     Ok(true)
+}
+
+/// The cache's name for `client` bringing `credentials`: the User-Agent
+/// name plus the start of the credentials' SHA-256 (never the credentials
+/// themselves, which would then sit in the cache file).
+fn own_client(client: &str, credentials: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, credentials.as_bytes());
+    let hex: String = digest.as_ref()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{client}@{hex}")
 }
 
 /// The client's request head as sent upstream to `target`: the same
