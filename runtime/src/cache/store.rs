@@ -613,7 +613,9 @@ impl Store {
                 .get_ref(0)
                 .ctx(ACTION)?
                 .as_blob()
-                .map_err(|_| StoreError::Corrupt { what: "object body" })?;
+                .map_err(|_| StoreError::Corrupt {
+                    what: "object body",
+                })?;
             on_body(&mut state, body)?;
         }
         Ok(Some(state))

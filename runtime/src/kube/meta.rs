@@ -559,7 +559,9 @@ impl ListEncoder {
                 list_meta,
                 room,
             }) => {
-                let raw_len = 1 + varint_len(list_meta.len() as u64) + list_meta.len()
+                let raw_len = 1
+                    + varint_len(list_meta.len() as u64)
+                    + list_meta.len()
                     + (self.out.len() - room);
                 let mut head = pb::encode_envelope_head(&api_version, &kind, raw_len);
                 pb::put_len_field(&mut head, 1, &list_meta);

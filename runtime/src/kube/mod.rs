@@ -12,14 +12,15 @@ pub mod json;
 pub mod meta;
 pub mod pb;
 pub mod request;
+pub mod token;
 pub mod watch;
 
 #[cfg(test)]
 mod tests;
 
 pub use meta::{
-    encode_list, item_to_watch_object, Encoded, ListEncoder, parse_list, parse_object, parse_status,
-    watch_object_to_item, Item, List, ListMeta, Object, ObjectMeta, Status,
+    encode_list, item_to_watch_object, parse_list, parse_object, parse_status,
+    watch_object_to_item, Encoded, Item, List, ListEncoder, ListMeta, Object, ObjectMeta, Status,
 };
 pub use watch::{encode_watch_event, EventType, WatchDecoder, WatchEvent};
 

@@ -22,12 +22,14 @@
 //! through unrecorded.
 
 pub mod offline;
+pub mod token;
 pub mod watch;
 
 use crate::apiclient::{ApiClient, ApiConn, Identity};
 use crate::cache::Store;
+use crate::cache::ViewKey;
 use crate::http::{self, BodyDecoder, BodyKind, Limits, RequestHead, ResponseHead};
-use crate::kube::request::{classify, ApiRequest};
+use crate::kube::request::{classify, ApiRequest, Verb};
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use futures_lite::FutureExt;
 use log::{debug, info, warn};
@@ -334,19 +336,28 @@ async fn handle(
         }
         None => Identity::Node,
     };
-    if api.verb == crate::kube::request::Verb::Watch {
+    if api.verb == Verb::Watch {
         proxy.counters.borrow_mut().relayed += 1;
         return watch::serve(proxy, head, &api, tcp, identity).await;
     }
+    // What the answer is cached as, if anything.
+    let key = offline::view_key(&api).or_else(|| token::view_key(&api, body));
     if proxy.known_offline() {
-        return answer_offline(proxy, &api, tcp).await;
+        return answer_offline(proxy, &api, key.as_ref(), tcp).await;
     }
     let had_pooled = identity == Identity::Node && !proxy.pool.borrow().is_empty();
-    let mut result = relay(proxy, head, body, &api, tcp, identity, true).await;
+    let exchange = Exchange {
+        head,
+        body,
+        api: &api,
+        key: key.as_ref(),
+        identity,
+    };
+    let mut result = relay(proxy, &exchange, tcp, true).await;
     if had_pooled && matches!(result, Err(Upstream::Unavailable(..))) {
         // A pooled connection the apiserver had closed: try a fresh one.
         proxy.pool.borrow_mut().clear();
-        result = relay(proxy, head, body, &api, tcp, identity, false).await;
+        result = relay(proxy, &exchange, tcp, false).await;
     }
     match result {
         Ok(keep) => {
@@ -356,20 +367,28 @@ async fn handle(
         Err(Upstream::Broken) => Ok(false),
         Err(Upstream::Unavailable(outage, why)) => {
             proxy.set_offline(outage, &why);
-            answer_offline(proxy, &api, tcp).await
+            answer_offline(proxy, &api, key.as_ref(), tcp).await
         }
     }
 }
 
-async fn answer_offline(proxy: &Proxy, api: &ApiRequest, tcp: &mut TcpStream) -> io::Result<bool> {
+async fn answer_offline(
+    proxy: &Proxy,
+    api: &ApiRequest,
+    key: Option<&ViewKey>,
+    tcp: &mut TcpStream,
+) -> io::Result<bool> {
+    if let Some(key) = key.filter(|_| api.verb == Verb::Create) {
+        return answer_token(proxy, api, key, tcp).await;
+    }
     if api.verb.is_write() {
         proxy.counters.borrow_mut().writes_refused += 1;
         let msg = "kube-apiserver is out of reach from this node: the request was not applied";
         fail(tcp, 503, "ServiceUnavailable", msg).await?;
         return Ok(true);
     }
-    let cached = match (offline::view_key(api), proxy.store.borrow_mut().as_mut()) {
-        (Some(key), Some(store)) => match offline::answer(store, &key, api.encoding) {
+    let cached = match (key, proxy.store.borrow_mut().as_mut()) {
+        (Some(key), Some(store)) => match offline::answer(store, key, api.encoding) {
             Ok(Some(found)) => Ok(found),
             Ok(None) => Err(Miss::NotCached),
             Err(e) => {
@@ -384,22 +403,7 @@ async fn answer_offline(proxy: &Proxy, api: &ApiRequest, tcp: &mut TcpStream) ->
         Ok(body) => {
             let outage = proxy.outage.get();
             proxy.counters.borrow_mut().hits[outage as usize] += 1;
-            let body = body.as_slice();
-            let headers = [
-                ("Audit-Id", "tether-edge-offline".to_string()),
-                ("Cache-Control", "no-cache, private".to_string()),
-                ("Content-Type", api.encoding.content_type(false).to_string()),
-                ("Content-Length", body.len().to_string()),
-            ];
-            let mut head = Vec::with_capacity(256);
-            if http::write_response_head(200, "OK", &headers, &mut head).is_err() {
-                return Ok(false);
-            }
-            // Head and body go out as they are: the body is not copied
-            // again to join them.
-            tcp.write_all(&head).await?;
-            tcp.write_all(body).await?;
-            Ok(true)
+            send_cached(tcp, 200, api.encoding, body.as_slice()).await
         }
         Err(miss) => {
             proxy.counters.borrow_mut().misses[miss as usize] += 1;
@@ -410,17 +414,96 @@ async fn answer_offline(proxy: &Proxy, api: &ApiRequest, tcp: &mut TcpStream) ->
     }
 }
 
+/// Answers a TokenRequest offline with the cached token, if it is still
+/// valid; otherwise fails clearly. Never mints one.
+async fn answer_token(
+    proxy: &Proxy,
+    api: &ApiRequest,
+    key: &ViewKey,
+    tcp: &mut TcpStream,
+) -> io::Result<bool> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let cached = match proxy.store.borrow_mut().as_mut() {
+        Some(store) => token::answer(store, key, api.encoding, now).unwrap_or_else(|e| {
+            warn!("cache read failed: {e}");
+            Err(token::Refusal::NotCached)
+        }),
+        None => Err(token::Refusal::NotCached),
+    };
+    match cached {
+        Ok(body) => {
+            let outage = proxy.outage.get();
+            proxy.counters.borrow_mut().hits[outage as usize] += 1;
+            info!(
+                "offline: handed kubelet the cached token of service account {}/{} (still valid)",
+                key.namespace, key.name
+            );
+            send_cached(tcp, 201, api.encoding, &body).await
+        }
+        Err(refusal) => {
+            proxy.counters.borrow_mut().writes_refused += 1;
+            warn!(
+                "offline: token for service account {}/{} refused: {refusal}",
+                key.namespace, key.name
+            );
+            fail(tcp, 503, "ServiceUnavailable", &refusal.to_string()).await?;
+            Ok(true)
+        }
+    }
+}
+
+/// Sends an answer from the cache, framed as the apiserver frames it.
+async fn send_cached(
+    tcp: &mut TcpStream,
+    status: u16,
+    encoding: crate::kube::Encoding,
+    body: &[u8],
+) -> io::Result<bool> {
+    let headers = [
+        ("Audit-Id", "tether-edge-offline".to_string()),
+        ("Cache-Control", "no-cache, private".to_string()),
+        ("Content-Type", encoding.content_type(false).to_string()),
+        ("Content-Length", body.len().to_string()),
+    ];
+    let mut head = Vec::with_capacity(256);
+    if http::write_response_head(status, http::reason_phrase(status), &headers, &mut head).is_err()
+    {
+        return Ok(false);
+    }
+    // Head and body go out as they are: the body is not copied again to
+    // join them.
+    tcp.write_all(&head).await?;
+    tcp.write_all(body).await?;
+    Ok(true)
+}
+
+/// One request on its way upstream: what the client sent, what it asks
+/// for, what its answer is cached as, and whose identity carries it.
+struct Exchange<'a> {
+    head: &'a RequestHead,
+    body: &'a [u8],
+    api: &'a ApiRequest,
+    key: Option<&'a ViewKey>,
+    identity: Identity,
+}
+
 /// Sends the request upstream and relays the answer, recording it when it
 /// is a cacheable success.
 async fn relay(
     proxy: &Proxy,
-    head: &RequestHead,
-    body: &[u8],
-    api: &ApiRequest,
+    exchange: &Exchange<'_>,
     tcp: &mut TcpStream,
-    identity: Identity,
     reuse: bool,
 ) -> Result<bool, Upstream> {
+    let Exchange {
+        head,
+        body,
+        api,
+        key,
+        identity,
+    } = *exchange;
     // Only node-identity connections are pooled: a client's own
     // credentials never serve another request.
     let pooled = if reuse && identity == Identity::Node {
@@ -447,11 +530,10 @@ async fn relay(
 
     // The answer's head, within the timeout.
     let mut buf = Vec::new();
-    let watch = api.verb == crate::kube::request::Verb::Watch;
+    let watch = api.verb == Verb::Watch;
     let (resp, used) = read_head(&mut conn, &mut buf)
         .await
         .map_err(|e| proxy.unreachable(e))?;
-    let key = offline::view_key(api);
     if resp.status >= 500 && (key.is_some() || api.verb.is_write()) {
         return Err(Upstream::Unavailable(
             Outage::ServerError,
@@ -467,7 +549,10 @@ async fn relay(
     tcp.write_all(&client_bytes)
         .await
         .map_err(|_| Upstream::Broken)?;
-    let recording = key.is_some() && resp.status == 200 && !watch && proxy.store.borrow().is_some();
+    // A TokenRequest succeeds with 201 Created, reads with 200.
+    let success = if api.verb == Verb::Create { 201 } else { 200 };
+    let recording =
+        key.is_some() && resp.status == success && !watch && proxy.store.borrow().is_some();
     let mut recorded = Vec::new();
     let mut too_big = false;
     let mut done = kind == BodyKind::None;
@@ -499,7 +584,12 @@ async fn relay(
     }
     if let (true, false, Some(key)) = (recording, too_big, key) {
         if let Some(store) = proxy.store.borrow_mut().as_mut() {
-            match offline::record(store, &key, api.encoding, &recorded) {
+            let result = if api.verb == Verb::Create {
+                token::record(store, key, api.encoding, &recorded).map(|()| true)
+            } else {
+                offline::record(store, key, api.encoding, &recorded)
+            };
+            match result {
                 Ok(true) => {
                     proxy.counters.borrow_mut().recorded += 1;
                     let _ = store.evict_to_quota();
