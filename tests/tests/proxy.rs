@@ -353,8 +353,9 @@ fn direct_mode_online_and_offline() {
     online_then_offline(&standin, proxy, &edge);
 }
 
-/// Events a watch client saw: (type, name, resourceVersion, labels).
-type Seen = (String, String, String, Vec<(String, String)>);
+/// Events a watch client saw: (type, name, resourceVersion, labels, whether
+/// the object carries the `k8s.io/initial-events-end` annotation).
+type Seen = (String, String, String, Vec<(String, String)>, bool);
 
 /// Opens a watch through the proxy and collects its events in a thread.
 /// The receiver ends when the stream ends.
@@ -394,6 +395,9 @@ fn watch(proxy: SocketAddr, target: &str) -> std::sync::mpsc::Receiver<Seen> {
                     ev.meta.name.clone(),
                     ev.meta.resource_version.clone(),
                     ev.meta.labels.clone(),
+                    ev.object
+                        .windows(25)
+                        .any(|w| w == b"k8s.io/initial-events-end"),
                 );
                 if tx.send(seen).is_err() {
                     return;
@@ -650,5 +654,93 @@ fn a_restart_with_no_network_serves_the_cache_at_once() {
     assert!(
         took < Duration::from_secs(5),
         "the cached answer waited {took:?}"
+    );
+}
+
+#[test]
+fn offline_watches_get_the_initial_state_from_the_cache() {
+    use tether_tests::apiserver::Kind;
+    let Fleet {
+        edge,
+        standin,
+        proxy,
+        ..
+    } = &through_link();
+    let (proxy, standin) = (*proxy, standin);
+    let pb = "application/vnd.kubernetes.protobuf,application/json";
+    let (status, list) = request(proxy, "GET", PODS, pb, b"");
+    assert_eq!(status, 200, "{}", edge.logs());
+    let list = kube::parse_list(Encoding::Protobuf, &list).expect("list");
+    let rv = list.meta.resource_version.clone();
+    let mut names: Vec<String> = list.items.iter().map(|i| i.meta.name.clone()).collect();
+    names.sort();
+    assert!(!names.is_empty());
+
+    standin.set_down(true);
+    let recv = |events: &std::sync::mpsc::Receiver<Seen>| -> Seen {
+        events.recv_timeout(WAIT).expect("an event in time")
+    };
+    // A newer client's streaming list: the cached state as ADDED events,
+    // then the BOOKMARK that ends them, at the list's resourceVersion.
+    let streaming = watch(
+        proxy,
+        "/api/v1/pods?allowWatchBookmarks=true&fieldSelector=spec.nodeName%3Dedge-1&resourceVersion=&resourceVersionMatch=NotOlderThan&sendInitialEvents=true&timeoutSeconds=120&watch=true",
+    );
+    let mut added: Vec<String> = (0..names.len())
+        .map(|_| {
+            let ev = recv(&streaming);
+            assert_eq!(ev.0, "ADDED", "{ev:?}");
+            ev.1
+        })
+        .collect();
+    added.sort();
+    assert_eq!(added, names);
+    let end = recv(&streaming);
+    assert_eq!(
+        (end.0.as_str(), end.2.as_str(), end.4),
+        ("BOOKMARK", rv.as_str(), true),
+        "{end:?}"
+    );
+    // resourceVersion=0: the cached state as ADDED, no end bookmark.
+    let from_zero = watch(
+        proxy,
+        "/api/v1/pods?fieldSelector=spec.nodeName%3Dedge-1&resourceVersion=0&timeoutSeconds=120&watch=true",
+    );
+    let mut added: Vec<String> = (0..names.len())
+        .map(|_| {
+            let ev = recv(&from_zero);
+            assert_eq!(ev.0, "ADDED", "{ev:?}");
+            ev.1
+        })
+        .collect();
+    added.sort();
+    assert_eq!(added, names);
+
+    // The cloud returns: both watches go on from the cached state with
+    // the next change only, not the initial state again.
+    standin.set_down(false);
+    let pod = &list.items[0].meta;
+    standin
+        .modify_label(Kind::Pod, &pod.namespace, &pod.name, "tether-test", "back")
+        .expect("modify");
+    for events in [&streaming, &from_zero] {
+        let next = next_change(events);
+        assert_eq!(
+            (next.0.as_str(), next.1.as_str()),
+            ("MODIFIED", pod.name.as_str()),
+            "{}",
+            edge.logs()
+        );
+    }
+    let resumed: Vec<String> = standin
+        .requests()
+        .into_iter()
+        .map(|r| r.target)
+        .filter(|t| t.contains("watch=true") && t.contains(&format!("resourceVersion={rv}")))
+        .collect();
+    assert!(!resumed.is_empty(), "no watch resumed from {rv}");
+    assert!(
+        resumed.iter().all(|t| !t.contains("sendInitialEvents")),
+        "a resumed watch asked for the initial state again: {resumed:?}"
     );
 }

@@ -593,6 +593,53 @@ fn varint_len(mut v: u64) -> usize {
     n
 }
 
+/// A BOOKMARK event's object: an empty `kind` carrying only
+/// `metadata.resourceVersion` and, at the end of a streaming list's initial
+/// events, the annotation `k8s.io/initial-events-end: "true"`. Clients read
+/// only the metadata of a bookmark.
+pub fn bookmark_object(
+    encoding: Encoding,
+    api_version: &str,
+    kind: &str,
+    resource_version: &str,
+    initial_events_end: bool,
+) -> Vec<u8> {
+    const END: &str = "k8s.io/initial-events-end";
+    match encoding {
+        Encoding::Json => {
+            let mut out = Vec::with_capacity(160);
+            out.extend_from_slice(b"{\"kind\":");
+            json::write_string(&mut out, kind);
+            out.extend_from_slice(b",\"apiVersion\":");
+            json::write_string(&mut out, api_version);
+            out.extend_from_slice(b",\"metadata\":{\"resourceVersion\":");
+            json::write_string(&mut out, resource_version);
+            out.extend_from_slice(b",\"creationTimestamp\":null");
+            if initial_events_end {
+                out.extend_from_slice(b",\"annotations\":{\"");
+                out.extend_from_slice(END.as_bytes());
+                out.extend_from_slice(b"\":\"true\"}");
+            }
+            out.extend_from_slice(b"}}");
+            out
+        }
+        Encoding::Protobuf => {
+            // ObjectMeta{resourceVersion=6, annotations=12 (map entries)}.
+            let mut meta = Vec::new();
+            pb::put_len_field(&mut meta, 6, resource_version.as_bytes());
+            if initial_events_end {
+                let mut entry = Vec::new();
+                pb::put_len_field(&mut entry, 1, END.as_bytes());
+                pb::put_len_field(&mut entry, 2, b"true");
+                pb::put_len_field(&mut meta, 12, &entry);
+            }
+            let mut raw = Vec::new();
+            pb::put_len_field(&mut raw, 1, &meta);
+            pb::encode_envelope(api_version, kind, &raw)
+        }
+    }
+}
+
 /// A watch event's object in the shape a list holds it: protobuf, the bare
 /// message without its `k8s\0` envelope; JSON, the object without its
 /// leading `kind` and `apiVersion` (the apiserver leaves both out of list

@@ -19,7 +19,7 @@ pub mod watch;
 mod tests;
 
 pub use meta::{
-    encode_list, item_to_watch_object, parse_list, parse_object, parse_status,
+    bookmark_object, encode_list, item_to_watch_object, parse_list, parse_object, parse_status,
     watch_object_to_item, Encoded, Item, List, ListEncoder, ListMeta, Object, ObjectMeta, Status,
 };
 pub use watch::{encode_watch_event, EventType, WatchDecoder, WatchEvent};

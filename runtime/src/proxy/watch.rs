@@ -67,11 +67,22 @@ pub(super) async fn serve(
         .timeout_seconds
         .map_or(DEFAULT_TIMEOUT, Duration::from_secs);
     let deadline = Instant::now() + timeout;
+    let query = &resource.query;
     let mut state = Stream {
         encoding: api.encoding,
-        resource_version: resource.query.resource_version.clone(),
+        resource_version: query.resource_version.clone(),
+        resuming: false,
         started: false,
         key: offline::watch_view_key(api),
+        // Unset or "0", the apiserver starts a watch with the current state
+        // as ADDED events; sendInitialEvents asks for that explicitly.
+        initial: if query.send_initial_events {
+            Initial::Streaming
+        } else if matches!(query.resource_version.as_deref(), None | Some("" | "0")) {
+            Initial::Added
+        } else {
+            Initial::None
+        },
     };
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -100,6 +111,9 @@ pub(super) async fn serve(
                 proxy.set_offline(proxy.outage_now(), &why);
                 if !state.started {
                     start(&mut state, tcp).await?;
+                    if !initial_from_cache(proxy, &mut state, tcp).await {
+                        return Ok(false);
+                    }
                 }
                 debug!("watch {}: upstream lost ({why}); resuming", head.target);
                 let wait = RETRY.min(deadline.saturating_duration_since(Instant::now()));
@@ -110,11 +124,28 @@ pub(super) async fn serve(
     finish(&mut state, tcp).await.map(|()| true)
 }
 
+/// What a watch sends before its first change, as the apiserver does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Initial {
+    /// Nothing: the client watches from a resourceVersion it has.
+    None,
+    /// The current state as ADDED events (resourceVersion unset or "0").
+    Added,
+    /// `sendInitialEvents=true`: ADDED events, then a BOOKMARK annotated
+    /// `k8s.io/initial-events-end: "true"`.
+    Streaming,
+}
+
 /// The client's side of one watch.
 struct Stream {
     encoding: Encoding,
     /// The last resourceVersion the client saw (or asked to start from).
     resource_version: Option<String>,
+    /// `resource_version` is one the client has seen: a resumed watch asks
+    /// only for what came after it, never for the initial state again.
+    resuming: bool,
+    /// What the client is owed before the first change.
+    initial: Initial,
     /// The response head went to the client.
     started: bool,
     /// The client's cached view this watch keeps fresh.
@@ -167,6 +198,7 @@ async fn attempt(
         &head.target,
         state.resource_version.as_deref(),
         remaining.as_secs().max(1),
+        state.resuming,
     );
     let upstream = super::upstream_head(head, target);
     let mut out = Vec::new();
@@ -254,6 +286,7 @@ async fn attempt(
             }
             if !event.meta.resource_version.is_empty() {
                 state.resource_version = Some(event.meta.resource_version.clone());
+                state.resuming = true;
             }
             record(proxy, state, encoding, &event);
             if !send_event(tcp, &frame).await {
@@ -357,6 +390,7 @@ async fn relist(
         }
     }
     state.resource_version = Some(list_rv);
+    state.resuming = true;
     Relist::Done
 }
 
@@ -422,6 +456,78 @@ async fn fetch_list(
             Err(e) => return Err(e.to_string()),
         }
     }
+}
+
+/// While kube-apiserver is out of reach at the start of a watch that is
+/// owed the current state (resourceVersion unset or "0", or
+/// `sendInitialEvents`), sends it from the client's cached view: ADDED
+/// events, then for a streaming list the BOOKMARK that ends the initial
+/// events. The watch then resumes upstream from the view's
+/// resourceVersion. Without a cached view the client simply waits, and the
+/// apiserver sends the initial state when it is back. False when the client
+/// is gone.
+async fn initial_from_cache(proxy: &Proxy, state: &mut Stream, tcp: &mut TcpStream) -> bool {
+    if state.initial == Initial::None {
+        return true;
+    }
+    let Some(key) = state.key.clone() else {
+        return true;
+    };
+    let encoding = state.encoding;
+    let mut frames = Vec::new();
+    let view = proxy.store.borrow().as_ref().and_then(|store| {
+        store
+            .scan_bodies(
+                &key,
+                |view| Ok::<_, crate::cache::StoreError>(view.list.clone()),
+                |list, body| {
+                    let kind = list.kind.strip_suffix("List").unwrap_or(&list.kind);
+                    let object =
+                        kube::item_to_watch_object(encoding, &list.api_version, kind, body);
+                    frames.push(kube::encode_watch_event(
+                        encoding,
+                        EventType::Added,
+                        &object,
+                    ));
+                    Ok(())
+                },
+            )
+            .ok()
+            .flatten()
+    });
+    let Some(list) = view.filter(|l| l.complete) else {
+        return true;
+    };
+    if state.initial == Initial::Streaming {
+        let kind = list.kind.strip_suffix("List").unwrap_or(&list.kind);
+        let bookmark = kube::bookmark_object(
+            encoding,
+            &list.api_version,
+            kind,
+            &list.resource_version,
+            true,
+        );
+        frames.push(kube::encode_watch_event(
+            encoding,
+            EventType::Bookmark,
+            &bookmark,
+        ));
+    }
+    info!(
+        "watch {}: kube-apiserver out of reach; sent the client its cached state ({} events) and resume from resourceVersion {}",
+        key.resource,
+        frames.len(),
+        list.resource_version
+    );
+    state.initial = Initial::None;
+    state.resource_version = Some(list.resource_version);
+    state.resuming = true;
+    for frame in &frames {
+        if !send_event(tcp, frame).await {
+            return false;
+        }
+    }
+    true
 }
 
 /// Writes one event as one chunk; false when the client is gone.
@@ -494,15 +600,21 @@ fn record(proxy: &Proxy, state: &Stream, encoding: Encoding, event: &kube::Watch
 }
 
 /// `target` with `resourceVersion` set to `rv` (when known) and
-/// `timeoutSeconds` to `timeout`, other parameters kept as they were.
-pub fn with_query(target: &str, rv: Option<&str>, timeout: u64) -> String {
+/// `timeoutSeconds` to `timeout`, other parameters kept as they were. A
+/// watch `resuming` from a resourceVersion the client has seen drops
+/// `sendInitialEvents` and `resourceVersionMatch`: the client has the
+/// initial state already and must not get it again.
+pub fn with_query(target: &str, rv: Option<&str>, timeout: u64, resuming: bool) -> String {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let mut params: Vec<String> = query
         .split('&')
         .filter(|p| !p.is_empty())
         .filter(|p| {
             let key = p.split('=').next().unwrap_or("");
-            key != "timeoutSeconds" && !(rv.is_some() && key == "resourceVersion")
+            let initial_only = matches!(key, "sendInitialEvents" | "resourceVersionMatch");
+            key != "timeoutSeconds"
+                && !(rv.is_some() && key == "resourceVersion")
+                && !(resuming && initial_only)
         })
         .map(str::to_owned)
         .collect();
@@ -525,16 +637,26 @@ mod tests {
     fn resume_targets() {
         let t = "/api/v1/pods?allowWatchBookmarks=true&fieldSelector=spec.nodeName%3Dedge-1&resourceVersion=426&timeoutSeconds=313&watch=true";
         assert_eq!(
-            with_query(t, Some("500"), 200),
+            with_query(t, Some("500"), 200, true),
             "/api/v1/pods?allowWatchBookmarks=true&fieldSelector=spec.nodeName%3Dedge-1&watch=true&resourceVersion=500&timeoutSeconds=200"
         );
         assert_eq!(
-            with_query("/api/v1/pods?watch=1&resourceVersion=7", None, 5),
+            with_query("/api/v1/pods?watch=1&resourceVersion=7", None, 5, false),
             "/api/v1/pods?watch=1&resourceVersion=7&timeoutSeconds=5"
         );
         assert_eq!(
-            with_query("/api/v1/pods?watch=1", Some("1&x=2"), 5),
+            with_query("/api/v1/pods?watch=1", Some("1&x=2"), 5, true),
             "/api/v1/pods?watch=1&timeoutSeconds=5"
+        );
+        // A streaming list asks for the initial state once, not on resume.
+        let t = "/api/v1/pods?allowWatchBookmarks=true&resourceVersion=&resourceVersionMatch=NotOlderThan&sendInitialEvents=true&watch=true";
+        assert_eq!(
+            with_query(t, Some(""), 60, false),
+            "/api/v1/pods?allowWatchBookmarks=true&resourceVersionMatch=NotOlderThan&sendInitialEvents=true&watch=true&timeoutSeconds=60"
+        );
+        assert_eq!(
+            with_query(t, Some("812"), 60, true),
+            "/api/v1/pods?allowWatchBookmarks=true&watch=true&resourceVersion=812&timeoutSeconds=60"
         );
     }
 }
