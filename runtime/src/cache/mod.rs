@@ -10,4 +10,6 @@ pub mod schema;
 pub mod store;
 
 pub use schema::Labels;
-pub use store::{Event, Limits, ListMeta, ObjectRow, Stats, Store, StoreError, ViewKey, ViewMeta};
+pub use store::{
+    Event, Limits, ListMeta, ObjectRow, Staged, Stats, Store, StoreError, ViewKey, ViewMeta,
+};

@@ -301,6 +301,21 @@ const VIEW_KEY_WHERE: &str = "client = ?1 AND resource = ?2 AND namespace = ?3 A
 
 const OBJECT_COLUMNS: &str = "namespace, name, uid, resource_version, labels, body";
 
+/// Staged views are stored under a client name no real client has (client
+/// names never hold control characters), so no lookup by key finds them.
+const STAGING_MARK: char = '\u{1}';
+
+/// A view being written in pieces: a list too large to hold in memory is
+/// recorded while it streams through. Readers never see it; it replaces the
+/// view it stands for whole, in one transaction, at
+/// [`Store::commit_staged`], or is dropped by [`Store::abort_staged`] (or,
+/// after a crash, when the cache is next opened).
+#[derive(Debug)]
+pub struct Staged {
+    id: i64,
+    key: ViewKey,
+}
+
 impl Store {
     /// Opens (or creates) the cache file at `path` with mode 0600.
     ///
@@ -349,11 +364,144 @@ impl Store {
                 }
             }
         };
+        // Views staged when the process died are never committed.
+        conn.execute(
+            "DELETE FROM views WHERE substr(client, 1, 1) = ?1",
+            [STAGING_MARK.to_string()],
+        )
+        .ctx("drop unfinished views")?;
         Ok(Store {
             conn,
             limits,
             evictions: 0,
         })
+    }
+
+    /// Starts writing a new version of the view `key` in pieces, with the
+    /// list metadata `list` it will have once committed.
+    pub fn stage_view(&mut self, key: &ViewKey, list: &ListMeta) -> Result<Staged, StoreError> {
+        const ACTION: &str = "stage a view";
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx(ACTION)?;
+        let tick = next_tick(&tx).ctx(ACTION)?;
+        // The tick makes the hidden name unique among staged views.
+        let hidden = format!("{STAGING_MARK}{tick}:{}", key.client);
+        let id: i64 = tx
+            .query_row(
+                "INSERT INTO views (client, resource, namespace, name, label_selector,
+                     field_selector, encoding, resource_version, kind, api_version, complete,
+                     last_used, objects, bytes)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11, 0, 0)
+                 RETURNING id",
+                params![
+                    hidden,
+                    key.resource,
+                    key.namespace,
+                    key.name,
+                    key.label_selector,
+                    key.field_selector,
+                    key.encoding,
+                    list.resource_version,
+                    list.kind,
+                    list.api_version,
+                    tick,
+                ],
+                |r| r.get(0),
+            )
+            .ctx(ACTION)?;
+        tx.commit().ctx(ACTION)?;
+        Ok(Staged {
+            id,
+            key: key.clone(),
+        })
+    }
+
+    /// Adds `objects` to a staged view, in one transaction. Returns false
+    /// (adding nothing) if the staged view is gone: eviction took it because
+    /// the cache is too small for it, and the caller should give up on it.
+    pub fn append_staged<E, I>(&mut self, staged: &Staged, objects: I) -> Result<bool, E>
+    where
+        E: From<StoreError>,
+        I: IntoIterator<Item = Result<ObjectRow, E>>,
+    {
+        const ACTION: &str = "add to a staged view";
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx(ACTION)?;
+        let exists: Option<i64> = tx
+            .query_row("SELECT id FROM views WHERE id = ?1", [staged.id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .ctx(ACTION)?;
+        if exists.is_none() {
+            return Ok(false);
+        }
+        let (mut count, mut bytes) = (0i64, 0i64);
+        for row in objects {
+            let row = row?;
+            count += 1;
+            bytes += i64::try_from(row.body.len())
+                .map_err(|_| StoreError::TooLarge { what: "an object" })?;
+            upsert_object(&tx, staged.id, &row)?;
+        }
+        // Running totals, so the quota sees the staged bytes as they grow;
+        // made exact at commit.
+        tx.execute(
+            "UPDATE views SET objects = objects + ?2, bytes = bytes + ?3 WHERE id = ?1",
+            params![staged.id, count, bytes],
+        )
+        .ctx(ACTION)?;
+        tx.commit().ctx(ACTION)?;
+        Ok(true)
+    }
+
+    /// Replaces the view the staged one stands for with it, whole, in one
+    /// transaction. Returns false (changing nothing) if the staged view is
+    /// gone (evicted). Counts as a use for LRU.
+    pub fn commit_staged(&mut self, staged: Staged) -> Result<bool, StoreError> {
+        const ACTION: &str = "commit a staged view";
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx(ACTION)?;
+        let tick = next_tick(&tx).ctx(ACTION)?;
+        let exists: Option<i64> = tx
+            .query_row("SELECT id FROM views WHERE id = ?1", [staged.id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .ctx(ACTION)?;
+        if exists.is_none() {
+            return Ok(false);
+        }
+        // ON DELETE CASCADE removes the old view's objects.
+        tx.execute(
+            &format!("DELETE FROM views WHERE {VIEW_KEY_WHERE}"),
+            key_params(&staged.key),
+        )
+        .ctx(ACTION)?;
+        tx.execute(
+            "UPDATE views SET client = ?2, complete = 1, last_used = ?3,
+                 (objects, bytes) = (SELECT COUNT(*), COALESCE(SUM(length(body)), 0)
+                                     FROM objects WHERE view_id = ?1)
+             WHERE id = ?1",
+            params![staged.id, staged.key.client, tick],
+        )
+        .ctx(ACTION)?;
+        tx.commit().ctx(ACTION)?;
+        Ok(true)
+    }
+
+    /// Drops a staged view and what was written to it.
+    pub fn abort_staged(&mut self, staged: Staged) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM views WHERE id = ?1", [staged.id])
+            .ctx("drop a staged view")?;
+        Ok(())
     }
 
     /// One attempt at opening `path`; the connection is closed on failure so
@@ -984,6 +1132,69 @@ mod tests {
             .map(|e| e.unwrap().path())
             .filter(|p| p.to_string_lossy().contains(".corrupt-"))
             .collect()
+    }
+
+    #[test]
+    fn staged_views_replace_whole_views_at_commit() {
+        let dir = temp_dir("staged");
+        let path = dir.join("cache.db");
+        let mut s = Store::open(&path, limits(1 << 20)).unwrap();
+        let k = key("kube-proxy", "discovery.k8s.io/v1/endpointslices");
+        replace(&mut s, &k, "10", vec![obj("a", "old", "{}")]);
+        let names = |s: &Store| -> Vec<String> {
+            s.objects(&k).unwrap().into_iter().map(|o| o.name).collect()
+        };
+        // Written in pieces; readers see the old view throughout.
+        let staged = s.stage_view(&k, &meta("20")).unwrap();
+        for part in [["x1", "x2"], ["x3", "x4"]] {
+            let rows = part.map(|n| Ok::<_, StoreError>(obj("a", n, "{\"big\":1}")));
+            assert!(s.append_staged(&staged, rows).unwrap());
+            assert_eq!(names(&s), ["old"]);
+            assert_eq!(s.view(&k).unwrap().unwrap().list.resource_version, "10");
+        }
+        assert!(s.commit_staged(staged).unwrap());
+        assert_eq!(names(&s), ["x1", "x2", "x3", "x4"]);
+        let v = s.view(&k).unwrap().unwrap();
+        assert_eq!(
+            (v.list.resource_version.as_str(), v.list.complete),
+            ("20", true)
+        );
+        assert_eq!((v.objects, v.bytes), (4, 4 * 9));
+        assert_eq!(s.stats().unwrap().views, 1);
+
+        // Aborted: the old view stays as it was.
+        let staged = s.stage_view(&k, &meta("30")).unwrap();
+        assert!(s
+            .append_staged(&staged, [Ok::<_, StoreError>(obj("a", "y", "{}"))])
+            .unwrap());
+        s.abort_staged(staged).unwrap();
+        assert_eq!(names(&s), ["x1", "x2", "x3", "x4"]);
+        assert_eq!(s.stats().unwrap().views, 1);
+
+        // A process that dies mid-list leaves nothing behind after reopening.
+        let staged = s.stage_view(&k, &meta("40")).unwrap();
+        assert!(s
+            .append_staged(&staged, [Ok::<_, StoreError>(obj("a", "z", "{}"))])
+            .unwrap());
+        drop(staged);
+        drop(s);
+        let mut s = Store::open(&path, limits(64)).unwrap();
+        assert_eq!(names(&s), ["x1", "x2", "x3", "x4"]);
+        assert_eq!(s.stats().unwrap().views, 1);
+
+        // Larger than the quota: eviction takes the staged view too, and
+        // the writer learns it from the next append.
+        let staged = s.stage_view(&k, &meta("50")).unwrap();
+        let big = "x".repeat(100);
+        assert!(s
+            .append_staged(&staged, [Ok::<_, StoreError>(obj("a", "huge", &big))])
+            .unwrap());
+        s.evict_to_quota().unwrap();
+        assert!(!s
+            .append_staged(&staged, [Ok::<_, StoreError>(obj("a", "more", "{}"))])
+            .unwrap());
+        assert!(!s.commit_staged(staged).unwrap());
+        let _ = fs::remove_dir_all(dir);
     }
 
     #[test]
