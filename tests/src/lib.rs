@@ -4,6 +4,7 @@ pub mod bench;
 pub mod cluster;
 pub mod echo;
 pub mod faultproxy;
+pub mod fleet;
 pub mod mosquitto;
 pub mod pki;
 pub mod procs;
