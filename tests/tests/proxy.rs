@@ -744,3 +744,54 @@ fn offline_watches_get_the_initial_state_from_the_cache() {
         "a resumed watch asked for the initial state again: {resumed:?}"
     );
 }
+
+#[test]
+fn a_streaming_list_seen_online_is_served_offline() {
+    let Fleet {
+        edge,
+        standin,
+        proxy,
+        ..
+    } = &through_link();
+    let (proxy, standin) = (*proxy, standin);
+    let target = "/api/v1/pods?allowWatchBookmarks=true&fieldSelector=spec.nodeName%3Dedge-1&resourceVersion=&resourceVersionMatch=NotOlderThan&sendInitialEvents=true&timeoutSeconds=120&watch=true";
+    // Collects a streaming list's initial events: (names, bookmark rv).
+    let initial = |events: &std::sync::mpsc::Receiver<Seen>| -> (Vec<String>, String) {
+        let mut names = Vec::new();
+        loop {
+            let ev = events.recv_timeout(WAIT).expect("an event in time");
+            match ev.0.as_str() {
+                "ADDED" => names.push(ev.1),
+                "BOOKMARK" if ev.4 => {
+                    names.sort();
+                    return (names, ev.2);
+                }
+                "BOOKMARK" => {}
+                other => panic!("{other} among the initial events"),
+            }
+        }
+    };
+    let online = watch(proxy, target);
+    let (names, rv) = initial(&online);
+    assert!(!names.is_empty(), "{}", edge.logs());
+    drop(online);
+
+    // The client never listed; offline its view is there all the same.
+    standin.set_down(true);
+    let pb = "application/vnd.kubernetes.protobuf,application/json";
+    let (status, body) = request(
+        proxy,
+        "GET",
+        "/api/v1/pods?fieldSelector=spec.nodeName%3Dedge-1",
+        pb,
+        b"",
+    );
+    assert_eq!(status, 200, "{}", edge.logs());
+    let list = kube::parse_list(Encoding::Protobuf, &body).expect("list");
+    assert_eq!(list.meta.resource_version, rv);
+    let mut listed: Vec<String> = list.items.iter().map(|i| i.meta.name.clone()).collect();
+    listed.sort();
+    assert_eq!(listed, names);
+    let offline = watch(proxy, target);
+    assert_eq!(initial(&offline), (names, rv));
+}

@@ -460,9 +460,15 @@ impl Store {
     }
 
     /// Replaces the view the staged one stands for with it, whole, in one
-    /// transaction. Returns false (changing nothing) if the staged view is
-    /// gone (evicted). Counts as a use for LRU.
-    pub fn commit_staged(&mut self, staged: Staged) -> Result<bool, StoreError> {
+    /// transaction, with `resource_version` as its list resourceVersion if
+    /// given (a streaming list learns it only at its end). Returns false
+    /// (changing nothing) if the staged view is gone (evicted). Counts as a
+    /// use for LRU.
+    pub fn commit_staged(
+        &mut self,
+        staged: Staged,
+        resource_version: Option<&str>,
+    ) -> Result<bool, StoreError> {
         const ACTION: &str = "commit a staged view";
         let tx = self
             .conn
@@ -486,10 +492,11 @@ impl Store {
         .ctx(ACTION)?;
         tx.execute(
             "UPDATE views SET client = ?2, complete = 1, last_used = ?3,
+                 resource_version = COALESCE(?4, resource_version),
                  (objects, bytes) = (SELECT COUNT(*), COALESCE(SUM(length(body)), 0)
                                      FROM objects WHERE view_id = ?1)
              WHERE id = ?1",
-            params![staged.id, staged.key.client, tick],
+            params![staged.id, staged.key.client, tick, resource_version],
         )
         .ctx(ACTION)?;
         tx.commit().ctx(ACTION)?;
@@ -1152,7 +1159,7 @@ mod tests {
             assert_eq!(names(&s), ["old"]);
             assert_eq!(s.view(&k).unwrap().unwrap().list.resource_version, "10");
         }
-        assert!(s.commit_staged(staged).unwrap());
+        assert!(s.commit_staged(staged, None).unwrap());
         assert_eq!(names(&s), ["x1", "x2", "x3", "x4"]);
         let v = s.view(&k).unwrap().unwrap();
         assert_eq!(
@@ -1193,7 +1200,7 @@ mod tests {
         assert!(!s
             .append_staged(&staged, [Ok::<_, StoreError>(obj("a", "more", "{}"))])
             .unwrap());
-        assert!(!s.commit_staged(staged).unwrap());
+        assert!(!s.commit_staged(staged, Some("51")).unwrap());
         let _ = fs::remove_dir_all(dir);
     }
 

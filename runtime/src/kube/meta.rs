@@ -21,7 +21,13 @@ pub struct ObjectMeta {
     pub labels: Vec<(String, String)>,
     /// Whether `metadata.deletionTimestamp` is set (a graceful delete is under way).
     pub deletion: bool,
+    /// Whether the annotation `k8s.io/initial-events-end` is `"true"`: the
+    /// BOOKMARK that ends a streaming list's initial events.
+    pub initial_events_end: bool,
 }
+
+/// The annotation on the BOOKMARK that ends a streaming list's initial events.
+pub const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
 
 /// The `metadata` (ListMeta) of a list, also carried by `Status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -87,7 +93,7 @@ const STATUS: &str = "Status";
 
 // ---------------------------------------------------------------- protobuf
 
-fn pb_object_meta(object: &[u8]) -> Result<ObjectMeta> {
+pub(crate) fn pb_object_meta(object: &[u8]) -> Result<ObjectMeta> {
     let mut meta = ObjectMeta::default();
     let Some(m) = pb::find_len_field(object, 1)? else {
         return Ok(meta);
@@ -115,13 +121,27 @@ fn pb_object_meta(object: &[u8]) -> Result<ObjectMeta> {
                 }
                 meta.labels.push((key.to_owned(), value.to_owned()));
             }
+            12 => {
+                let mut entry = pb::Reader::new(v.bytes("ObjectMeta.annotations")?);
+                let (mut key, mut value) = ("", "");
+                while let Some((f, v)) = entry.next_field()? {
+                    match f {
+                        1 => key = v.str("annotation key")?,
+                        2 => value = v.str("annotation value")?,
+                        _ => {}
+                    }
+                }
+                if key == INITIAL_EVENTS_END && value == "true" {
+                    meta.initial_events_end = true;
+                }
+            }
             _ => {}
         }
     }
     Ok(meta)
 }
 
-fn pb_list_meta(m: &[u8]) -> Result<ListMeta> {
+pub(crate) fn pb_list_meta(m: &[u8]) -> Result<ListMeta> {
     let mut meta = ListMeta::default();
     let mut r = pb::Reader::new(m);
     while let Some((field, v)) = r.next_field()? {
@@ -211,7 +231,7 @@ fn pb_encode_list_meta(meta: &ListMeta) -> Vec<u8> {
 
 // -------------------------------------------------------------------- JSON
 
-fn json_str(b: &[u8], r: Range<usize>) -> Result<String> {
+pub(crate) fn json_str(b: &[u8], r: Range<usize>) -> Result<String> {
     if json::is_null(b, &r) {
         Ok(String::new())
     } else {
@@ -219,7 +239,7 @@ fn json_str(b: &[u8], r: Range<usize>) -> Result<String> {
     }
 }
 
-fn json_object_meta(b: &[u8], r: Range<usize>) -> Result<ObjectMeta> {
+pub(crate) fn json_object_meta(b: &[u8], r: Range<usize>) -> Result<ObjectMeta> {
     let mut meta = ObjectMeta::default();
     if json::is_null(b, &r) {
         return Ok(meta);
@@ -237,6 +257,14 @@ fn json_object_meta(b: &[u8], r: Range<usize>) -> Result<ObjectMeta> {
                     Ok(())
                 })?;
             }
+            b"annotations" if !json::is_null(b, &v) => {
+                json::for_each_member(b, v.start, &mut |k, av| {
+                    if k == INITIAL_EVENTS_END.as_bytes() && json_str(b, av)? == "true" {
+                        meta.initial_events_end = true;
+                    }
+                    Ok(())
+                })?;
+            }
             _ => {}
         }
         Ok(())
@@ -244,7 +272,7 @@ fn json_object_meta(b: &[u8], r: Range<usize>) -> Result<ObjectMeta> {
     Ok(meta)
 }
 
-fn json_list_meta(b: &[u8], r: Range<usize>) -> Result<ListMeta> {
+pub(crate) fn json_list_meta(b: &[u8], r: Range<usize>) -> Result<ListMeta> {
     let mut meta = ListMeta::default();
     if json::is_null(b, &r) {
         return Ok(meta);
@@ -604,7 +632,7 @@ pub fn bookmark_object(
     resource_version: &str,
     initial_events_end: bool,
 ) -> Vec<u8> {
-    const END: &str = "k8s.io/initial-events-end";
+    const END: &str = INITIAL_EVENTS_END;
     match encoding {
         Encoding::Json => {
             let mut out = Vec::with_capacity(160);

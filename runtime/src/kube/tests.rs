@@ -507,3 +507,20 @@ fn list_items_and_watch_objects_convert_both_ways() {
     assert!(watch_object_to_item(Encoding::Json, b"{\"kind\":").is_err());
     assert!(watch_object_to_item(Encoding::Protobuf, b"nope").is_err());
 }
+
+#[test]
+fn bookmarks_say_where_initial_events_end() {
+    for encoding in [Encoding::Json, Encoding::Protobuf] {
+        for end in [false, true] {
+            let object = super::bookmark_object(encoding, "v1", "Pod", "812", end);
+            let frame = super::encode_watch_event(encoding, super::EventType::Bookmark, &object);
+            let mut decoder = super::WatchDecoder::new(encoding, 1 << 20);
+            decoder.push(&frame);
+            let event = decoder.next_event().expect("decodes").expect("an event");
+            assert_eq!(event.event_type, super::EventType::Bookmark);
+            assert_eq!(event.kind, "Pod");
+            assert_eq!(event.meta.resource_version, "812");
+            assert_eq!(event.meta.initial_events_end, end, "{encoding:?}");
+        }
+    }
+}

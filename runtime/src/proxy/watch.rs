@@ -253,6 +253,50 @@ async fn attempt(
         .header("Content-Type")
         .and_then(Encoding::from_content_type)
         .unwrap_or(state.encoding);
+    // A streaming list that reaches the apiserver from its start builds
+    // the client's view from its initial events, so that a client that
+    // never lists can still be answered offline later.
+    let mut building = match (&state.key, state.initial, state.resuming) {
+        (Some(key), Initial::Streaming, false) => Some(Building::new(key.clone())),
+        _ => None,
+    };
+    let upstream = Upstream {
+        conn: &mut conn,
+        kind,
+        encoding,
+        buf,
+    };
+    let outcome = relay_events(proxy, state, tcp, upstream, &mut building).await;
+    if let Some(b) = building {
+        b.abort(proxy);
+    }
+    outcome
+}
+
+/// An upstream watch answer being read.
+struct Upstream<'a> {
+    conn: &'a mut crate::apiclient::ApiConn,
+    kind: http::BodyKind,
+    encoding: Encoding,
+    /// Body bytes read with the head.
+    buf: Vec<u8>,
+}
+
+/// Relays an upstream watch's events to the client, one by one, keeping
+/// the client's view fresh, until the watch ends or breaks.
+async fn relay_events(
+    proxy: &Proxy,
+    state: &mut Stream,
+    tcp: &mut TcpStream,
+    upstream: Upstream<'_>,
+    building: &mut Option<Building>,
+) -> Attempt {
+    let Upstream {
+        conn,
+        kind,
+        encoding,
+        mut buf,
+    } = upstream;
     let mut body = BodyDecoder::new(kind);
     // One read buffer for the whole body, not one per read.
     let mut chunk = vec![0u8; 16 * 1024];
@@ -288,7 +332,17 @@ async fn attempt(
                 state.resource_version = Some(event.meta.resource_version.clone());
                 state.resuming = true;
             }
-            record(proxy, state, encoding, &event);
+            match building.as_mut() {
+                Some(b) => {
+                    if b.take(proxy, encoding, &event) {
+                        if let Some(b) = building.take() {
+                            b.commit(proxy, &event.meta.resource_version);
+                        }
+                        state.initial = Initial::None;
+                    }
+                }
+                None => record(proxy, state, encoding, &event),
+            }
             if !send_event(tcp, &frame).await {
                 return Attempt::ClientGone;
             }
@@ -298,6 +352,127 @@ async fn attempt(
         }
         if done {
             return Attempt::Finished;
+        }
+    }
+}
+
+/// A client's view being built from a streaming list's initial events:
+/// written to a staged view in batches, swapped in whole at the BOOKMARK
+/// that ends them, dropped if the stream breaks first.
+struct Building {
+    key: crate::cache::ViewKey,
+    staged: Option<crate::cache::Staged>,
+    rows: Vec<ObjectRow>,
+    bytes: usize,
+    failed: bool,
+}
+
+/// Bytes of objects written to a staged view per transaction.
+const BATCH: usize = 256 << 10;
+
+impl Building {
+    fn new(key: crate::cache::ViewKey) -> Building {
+        Building {
+            key,
+            staged: None,
+            rows: Vec::new(),
+            bytes: 0,
+            failed: false,
+        }
+    }
+
+    /// Takes one event of the initial state. Returns true at the BOOKMARK
+    /// that ends it.
+    fn take(&mut self, proxy: &Proxy, encoding: Encoding, event: &kube::WatchEvent<'_>) -> bool {
+        match event.event_type {
+            EventType::Bookmark => return event.meta.initial_events_end,
+            EventType::Added if !self.failed => {}
+            _ => return false,
+        }
+        let Ok(body) = kube::watch_object_to_item(encoding, event.object) else {
+            self.failed = true;
+            return false;
+        };
+        self.bytes += body.len();
+        self.rows.push(ObjectRow {
+            namespace: event.meta.namespace.clone(),
+            name: event.meta.name.clone(),
+            uid: event.meta.uid.clone(),
+            resource_version: event.meta.resource_version.clone(),
+            labels: event.meta.labels.iter().cloned().collect(),
+            body,
+        });
+        if self.staged.is_none() {
+            // The list's kind and apiVersion, from the first object and
+            // the resource path (`v1/pods`, `apps/v1/deployments`).
+            let api_version = self.key.resource.rsplit_once('/').map_or("", |(v, _)| v);
+            let list = crate::cache::ListMeta {
+                resource_version: String::new(),
+                kind: format!("{}List", event.kind),
+                api_version: api_version.to_owned(),
+                complete: true,
+            };
+            let staged = proxy
+                .store
+                .borrow_mut()
+                .as_mut()
+                .map(|s| s.stage_view(&self.key, &list));
+            match staged {
+                Some(Ok(staged)) => self.staged = Some(staged),
+                _ => self.failed = true,
+            }
+        }
+        if self.bytes >= BATCH {
+            self.flush(proxy);
+        }
+        false
+    }
+
+    fn flush(&mut self, proxy: &Proxy) {
+        let rows = std::mem::take(&mut self.rows);
+        self.bytes = 0;
+        let (Some(staged), false) = (&self.staged, self.failed) else {
+            return;
+        };
+        let mut store = proxy.store.borrow_mut();
+        let Some(store) = store.as_mut() else { return };
+        let kept = store.append_staged(
+            staged,
+            rows.into_iter().map(Ok::<_, crate::cache::StoreError>),
+        );
+        if !matches!(kept, Ok(true)) {
+            self.failed = true;
+        }
+        let _ = store.evict_to_quota();
+    }
+
+    /// The initial events are complete at `resource_version`.
+    fn commit(mut self, proxy: &Proxy, resource_version: &str) {
+        self.flush(proxy);
+        // No objects at all: nothing says the list's kind, so an empty
+        // initial state is not kept (offline, the client is told the view
+        // was never cached, and retries).
+        let Some(staged) = self.staged.take() else {
+            return;
+        };
+        let mut store = proxy.store.borrow_mut();
+        let Some(store) = store.as_mut() else { return };
+        if self.failed {
+            let _ = store.abort_staged(staged);
+            return;
+        }
+        match store.commit_staged(staged, Some(resource_version)) {
+            Ok(true) => debug!("cache: built {} from a streaming list", self.key),
+            Ok(false) => {}
+            Err(e) => info!("cache: cannot keep a streaming list ({}): {e}", self.key),
+        }
+    }
+
+    /// The stream broke before the initial events were complete.
+    fn abort(mut self, proxy: &Proxy) {
+        if let (Some(staged), Some(store)) = (self.staged.take(), proxy.store.borrow_mut().as_mut())
+        {
+            let _ = store.abort_staged(staged);
         }
     }
 }
