@@ -9,6 +9,7 @@
 use std::fmt;
 
 pub mod json;
+pub mod list_stream;
 pub mod meta;
 pub mod pb;
 pub mod request;
