@@ -91,6 +91,11 @@ pub struct ProxyConfig {
     pub cache_quota: u64,
     /// SQLite page cache.
     pub page_cache: u64,
+    /// Bytes of an answer held in memory while it is recorded; a larger
+    /// list is written to the cache in pieces as it streams.
+    pub record_buffer: u64,
+    /// RSS the edge sheds load above (0: no budget); see [`crate::memory`].
+    pub memory_budget: u64,
 }
 
 /// Everything the edge reads from its config file.
@@ -344,6 +349,8 @@ impl Default for ProxyConfig {
             cache: None,
             cache_quota: 256 << 20,
             page_cache: 2 << 20,
+            record_buffer: 1 << 20,
+            memory_budget: 20 << 20,
         }
     }
 }
@@ -365,6 +372,12 @@ fn read_proxy(t: &mut Table<'_>, base: &Path, errors: &mut Errors) -> ProxyConfi
         cache: errors.opt(t.str("cache")).map(|p| base.join(p)),
         cache_quota: errors.opt(t.bytes("cache_quota")).unwrap_or(d.cache_quota),
         page_cache: errors.opt(t.bytes("page_cache")).unwrap_or(d.page_cache),
+        record_buffer: errors
+            .opt(t.bytes("record_buffer"))
+            .unwrap_or(d.record_buffer),
+        memory_budget: errors
+            .opt(t.bytes("memory_budget"))
+            .unwrap_or(d.memory_budget),
     }
 }
 

@@ -18,6 +18,7 @@
 //!   the local apiserver proxy and its upstream side.
 //! - [`proxy`]: the node's apiserver on 127.0.0.1:10261: relays to
 //!   kube-apiserver, records answers, serves GET/LIST offline.
+//! - [`memory`]: the memory budget: RSS against `[proxy] memory_budget`.
 //! - [`kube`]: sans-IO parsing of kube-apiserver responses (JSON and
 //!   protobuf): object metadata, lists, watch streams, Status.
 
@@ -27,6 +28,7 @@ pub mod config;
 pub mod forward;
 pub mod http;
 pub mod kube;
+pub mod memory;
 pub mod proxy;
 pub mod services;
 pub mod shutdown;

@@ -80,6 +80,13 @@ CONFIG FILE (a strict TOML subset; unknown keys are errors):
     cache_quota = \"256MiB\"         Cached object bytes before whole views
                                     are evicted, least recently used first.
     page_cache = \"2MiB\"            SQLite page cache.
+    record_buffer = \"1MiB\"         Bytes of an answer held while it is
+                                    recorded; larger lists are written to
+                                    the cache in pieces as they stream.
+    memory_budget = \"20MiB\"        RSS above which the proxy records
+                                    nothing new and turns new connections
+                                    away until it is back under 90 %
+                                    (\"0\": no budget).
 
     [status]
     listen = \"127.0.0.1:10262\"      /healthz and /metrics of the edge
@@ -136,7 +143,11 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> 
         .detach();
         let mut proxy = None;
         if let Some(api) = &cfg.apiserver {
-            let (p, listener) = start_proxy(&cfg, api, &link).await?;
+            let budget =
+                std::rc::Rc::new(tether_edge::memory::Budget::new(cfg.proxy.memory_budget));
+            ex.spawn(tether_edge::memory::watch(budget.clone()))
+                .detach();
+            let (p, listener) = start_proxy(&cfg, api, &link, budget).await?;
             ex.spawn(tether_edge::proxy::serve(ex.clone(), p.clone(), listener))
                 .detach();
             proxy = Some(p);
@@ -171,6 +182,7 @@ async fn start_proxy(
     cfg: &config::EdgeConfig,
     api: &config::Apiserver,
     link: &tether_link::io::Link,
+    budget: std::rc::Rc<tether_edge::memory::Budget>,
 ) -> Result<
     (
         std::rc::Rc<tether_edge::proxy::Proxy>,
@@ -220,7 +232,12 @@ async fn start_proxy(
         cfg.proxy.listen
     );
     Ok((
-        std::rc::Rc::new(tether_edge::proxy::Proxy::new(client, store)),
+        std::rc::Rc::new(tether_edge::proxy::Proxy::new(
+            client,
+            store,
+            usize::try_from(cfg.proxy.record_buffer).unwrap_or(usize::MAX),
+            budget,
+        )),
         listener,
     ))
 }

@@ -168,6 +168,28 @@ pub fn metrics(sources: &Sources) -> String {
             "Answers recorded in the cache.",
             c.recorded,
         );
+        let budget = proxy.budget();
+        metric(
+            &mut m,
+            "tether_edge_memory_rss_bytes",
+            "gauge",
+            "Resident set size of the edge.",
+            budget.rss(),
+        );
+        metric(
+            &mut m,
+            "tether_edge_memory_budget_bytes",
+            "gauge",
+            "The memory budget (0: none).",
+            budget.limit(),
+        );
+        metric(
+            &mut m,
+            "tether_edge_memory_refused_total",
+            "counter",
+            "Client connections turned away while over the memory budget.",
+            budget.refused(),
+        );
         if let Some(s) = proxy.cache_stats() {
             metric(
                 &mut m,

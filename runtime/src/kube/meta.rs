@@ -488,6 +488,7 @@ struct PbHead {
 }
 
 /// An encoded list: the answer is `buf[start..]`.
+#[derive(Debug)]
 pub struct Encoded {
     buf: Vec<u8>,
     start: usize,

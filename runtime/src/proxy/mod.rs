@@ -18,10 +18,13 @@
 //! User-Agent plus a digest of the credentials), so offline only the same
 //! credentials get them back.
 //!
-//! Not yet (issue 3 goes on): answers larger than [`MAX_RECORDED`] pass
-//! through unrecorded.
+//! Answers are recorded while they stream to the client ([`record`]): a
+//! list larger than the record buffer is written to the cache in pieces
+//! and swapped in whole, so neither memory nor a half-written view ever
+//! holds it.
 
 pub mod offline;
+pub mod record;
 pub mod token;
 pub mod watch;
 
@@ -30,6 +33,7 @@ use crate::cache::Store;
 use crate::cache::ViewKey;
 use crate::http::{self, BodyDecoder, BodyKind, Limits, RequestHead, ResponseHead};
 use crate::kube::request::{classify, ApiRequest, Verb};
+use crate::memory::Budget;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use futures_lite::FutureExt;
 use log::{debug, info, warn};
@@ -39,8 +43,9 @@ use std::io;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// Largest answer recorded in the cache; bigger ones pass through.
-pub const MAX_RECORDED: usize = 8 << 20;
+/// Largest re-list a watch holds to compare against the client's view
+/// after 410 Gone.
+pub const MAX_RELIST: usize = 8 << 20;
 
 /// Largest request body accepted (node status, events, leases are small).
 const MAX_REQUEST_BODY: usize = 4 << 20;
@@ -69,6 +74,10 @@ pub struct Proxy {
     /// While offline: when the next request may try upstream again.
     retry_at: Cell<Option<Instant>>,
     counters: RefCell<Counters>,
+    /// Bytes of an answer held before a list is streamed into the cache.
+    record_buffer: usize,
+    /// Over budget, nothing new is recorded and new clients are turned away.
+    budget: Rc<Budget>,
 }
 
 /// Why kube-apiserver is out of reach: the reason a cached answer was
@@ -143,7 +152,15 @@ pub struct Counters {
 impl Proxy {
     /// A proxy reaching kube-apiserver through `api`, caching in `store`
     /// (none: relay only).
-    pub fn new(api: ApiClient, store: Option<Store>) -> Proxy {
+    /// Lists larger than `record_buffer` bytes are recorded while they
+    /// stream, never held whole.
+    /// Over `budget`, it sheds load (see [`crate::memory`]).
+    pub fn new(
+        api: ApiClient,
+        store: Option<Store>,
+        record_buffer: usize,
+        budget: Rc<Budget>,
+    ) -> Proxy {
         Proxy {
             api,
             store: RefCell::new(store),
@@ -152,12 +169,19 @@ impl Proxy {
             outage: Cell::new(Outage::default()),
             retry_at: Cell::new(None),
             counters: RefCell::new(Counters::default()),
+            record_buffer,
+            budget,
         }
     }
 
     /// What the proxy did so far.
     pub fn counters(&self) -> Counters {
         *self.counters.borrow()
+    }
+
+    /// The memory budget it works under.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
     }
 
     /// Whether kube-apiserver answered the last request.
@@ -222,8 +246,19 @@ impl Proxy {
 pub async fn serve(ex: Rc<smol::LocalExecutor<'static>>, proxy: Rc<Proxy>, listener: TcpListener) {
     loop {
         match listener.accept().await {
-            Ok((tcp, _)) => {
+            Ok((mut tcp, _)) => {
                 let _ = tcp.set_nodelay(true);
+                if proxy.budget.over() {
+                    // Turned away at once: a client retries, and the
+                    // connections already open keep being served.
+                    proxy.budget.note_refused();
+                    ex.spawn(async move {
+                        let msg = "tether-edge is over its memory budget; retry shortly";
+                        let _ = fail(&mut tcp, 503, "ServiceUnavailable", msg).await;
+                    })
+                    .detach();
+                    continue;
+                }
                 ex.spawn(client(proxy.clone(), tcp)).detach();
             }
             Err(e) => {
@@ -552,54 +587,76 @@ async fn relay(
     // A TokenRequest succeeds with 201 Created, reads with 200.
     let success = if api.verb == Verb::Create { 201 } else { 200 };
     let recording =
-        key.is_some() && resp.status == success && !watch && proxy.store.borrow().is_some();
-    let mut recorded = Vec::new();
-    let mut too_big = false;
+        resp.status == success && !watch && !proxy.budget.over() && proxy.store.borrow().is_some();
+    let mut recorder = key.filter(|_| recording).map(|key| {
+        record::Recorder::new(
+            key.clone(),
+            api.encoding,
+            api.verb == Verb::Create,
+            proxy.record_buffer,
+        )
+    });
     let mut done = kind == BodyKind::None;
     // One read buffer for the whole body, not one per read.
     let mut chunk = vec![0u8; 64 * 1024];
-    while !done {
-        if buf.is_empty() {
-            let n = conn.read(&mut chunk).await.map_err(|_| Upstream::Broken)?;
-            if n == 0 {
-                decoder.finish_eof().map_err(|_| Upstream::Broken)?;
-                break;
+    let relayed: Result<(), ()> = async {
+        while !done {
+            if buf.is_empty() {
+                let n = conn.read(&mut chunk).await.map_err(|_| ())?;
+                if n == 0 {
+                    decoder.finish_eof().map_err(|_| ())?;
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
             }
-            buf.extend_from_slice(&chunk[..n]);
+            let step = decoder.step(&buf).map_err(|_| ())?;
+            if let (Some(r), Some(store)) = (recorder.as_mut(), proxy.store.borrow_mut().as_mut()) {
+                r.feed(store, &buf[step.data.clone()]);
+            }
+            // Relay the bytes as framed by the apiserver.
+            tcp.write_all(&buf[..step.consumed]).await.map_err(|_| ())?;
+            buf.drain(..step.consumed);
+            done = step.done;
         }
-        let step = decoder.step(&buf).map_err(|_| Upstream::Broken)?;
-        if recording && !too_big {
-            recorded.extend_from_slice(&buf[step.data.clone()]);
-            too_big = recorded.len() > MAX_RECORDED;
-        }
-        // Relay the bytes as framed by the apiserver.
-        tcp.write_all(&buf[..step.consumed])
-            .await
-            .map_err(|_| Upstream::Broken)?;
-        buf.drain(..step.consumed);
-        done = step.done;
+        Ok(())
     }
+    .await;
+    let mut guard = proxy.store.borrow_mut();
+    let (Some(recorder), Some(store)) = (recorder, guard.as_mut()) else {
+        relayed.map_err(|()| Upstream::Broken)?;
+        return Ok(keep_conn(proxy, conn, done, identity, &resp));
+    };
+    if relayed.is_err() {
+        recorder.abort(store);
+        return Err(Upstream::Broken);
+    }
+    match recorder.finish(store) {
+        Ok(true) => {
+            proxy.counters.borrow_mut().recorded += 1;
+            let _ = store.evict_to_quota();
+        }
+        Ok(false) => {}
+        Err(e) => debug!(
+            "not cached ({}): {e}",
+            key.map_or(String::new(), |k| k.to_string())
+        ),
+    }
+    Ok(keep_conn(proxy, conn, done, identity, &resp))
+}
+
+/// Keeps a node-identity connection whose answer was read to its end for
+/// the next request. Returns true: the client's connection may go on.
+fn keep_conn(
+    proxy: &Proxy,
+    conn: ApiConn,
+    done: bool,
+    identity: Identity,
+    resp: &ResponseHead,
+) -> bool {
     if done && identity == Identity::Node && resp.keep_alive() && proxy.pool.borrow().len() < POOL {
         proxy.pool.borrow_mut().push(conn);
     }
-    if let (true, false, Some(key)) = (recording, too_big, key) {
-        if let Some(store) = proxy.store.borrow_mut().as_mut() {
-            let result = if api.verb == Verb::Create {
-                token::record(store, key, api.encoding, &recorded).map(|()| true)
-            } else {
-                offline::record(store, key, api.encoding, &recorded)
-            };
-            match result {
-                Ok(true) => {
-                    proxy.counters.borrow_mut().recorded += 1;
-                    let _ = store.evict_to_quota();
-                }
-                Ok(false) => {}
-                Err(e) => debug!("not cached ({key}): {e}"),
-            }
-        }
-    }
-    Ok(true)
+    true
 }
 
 /// The cache's name for `client` bringing `credentials`: the User-Agent

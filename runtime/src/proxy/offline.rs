@@ -64,6 +64,8 @@ pub enum RecordError {
     Partial,
     /// The store failed.
     Store(StoreError),
+    /// A list streamed into the cache could not be recorded.
+    Stream(String),
 }
 
 impl std::fmt::Display for RecordError {
@@ -72,6 +74,7 @@ impl std::fmt::Display for RecordError {
             RecordError::Parse(e) => write!(f, "answer does not parse: {e}"),
             RecordError::Partial => f.write_str("answer is one page of a paged list"),
             RecordError::Store(e) => write!(f, "cache store: {e}"),
+            RecordError::Stream(why) => f.write_str(why),
         }
     }
 }

@@ -619,7 +619,7 @@ async fn fetch_list(
         if done {
             return Ok(body);
         }
-        if body.len() > super::MAX_RECORDED {
+        if body.len() > super::MAX_RELIST {
             return Err("the re-list is larger than the proxy keeps".into());
         }
         match conn.read(&mut chunk).await {
