@@ -31,6 +31,9 @@ use std::time::{Duration, Instant};
 /// A watch without `timeoutSeconds` ends after this, as the apiserver's do.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
+/// Bytes read from an upstream watch at a time.
+const WATCH_READ: usize = 4 << 10;
+
 /// Largest watch frame accepted from upstream.
 const MAX_FRAME: usize = 16 << 20;
 
@@ -298,8 +301,10 @@ async fn relay_events(
         mut buf,
     } = upstream;
     let mut body = BodyDecoder::new(kind);
-    // One read buffer for the whole body, not one per read.
-    let mut chunk = vec![0u8; 16 * 1024];
+    // One read buffer for the whole stream, not one per read. Small: a
+    // node keeps about one watch per pod open, and most of them sit idle;
+    // a larger event simply takes several reads.
+    let mut chunk = vec![0u8; WATCH_READ];
     let mut events = WatchDecoder::new(encoding, MAX_FRAME);
     loop {
         if buf.is_empty() {
