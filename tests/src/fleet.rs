@@ -54,6 +54,20 @@ pub fn edge_config(
     )
 }
 
+/// How the edge's proxy reaches kube-apiserver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Through the link and the hub (the default).
+    Link,
+    /// Directly over TCP (direct mode); the edge still links to the hub.
+    Direct,
+}
+
+/// [`start`] through the link.
+pub fn through_link(pki: Pki, standin: StandIn, proxy_extra: &str) -> Fleet {
+    start(pki, standin, Route::Link, proxy_extra)
+}
+
 /// Starts the fleet and waits until the edge is linked and its proxy
 /// serves. `standin` is started by the caller (seeded as it likes);
 /// `proxy_extra` is appended to the edge's `[proxy]` table.
@@ -61,7 +75,7 @@ pub fn edge_config(
 /// # Panics
 ///
 /// If the edge does not link or its proxy does not start within 30 s.
-pub fn through_link(pki: Pki, standin: StandIn, proxy_extra: &str) -> Fleet {
+pub fn start(pki: Pki, standin: StandIn, route: Route, proxy_extra: &str) -> Fleet {
     let hub = start_hub(
         &pki,
         Transport::Tls,
@@ -74,7 +88,8 @@ pub fn through_link(pki: Pki, standin: StandIn, proxy_extra: &str) -> Fleet {
     // The status port is the proxy's plus one: pick a proxy port whose
     // neighbour is free too.
     let proxy: SocketAddr = ([127, 0, 0, 1], free_pair()).into();
-    let config = edge_config(&pki, proxy, None, proxy_extra);
+    let direct = (route == Route::Direct).then(|| standin.addr());
+    let config = edge_config(&pki, proxy, direct, proxy_extra);
     let edge = start_edge(
         &pki,
         "edge-1",

@@ -1,6 +1,7 @@
 //! Test support for the system tests.
 pub mod apiserver;
 pub mod bench;
+pub mod client;
 pub mod cluster;
 pub mod echo;
 pub mod faultproxy;
