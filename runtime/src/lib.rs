@@ -33,4 +33,6 @@ pub mod proxy;
 pub mod services;
 pub mod shutdown;
 pub mod status;
+#[cfg(test)]
+mod testing;
 pub mod uplink;

@@ -431,13 +431,7 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .ctx(ACTION)?;
-        let exists: Option<i64> = tx
-            .query_row("SELECT id FROM views WHERE id = ?1", [staged.id], |r| {
-                r.get(0)
-            })
-            .optional()
-            .ctx(ACTION)?;
-        if exists.is_none() {
+        if !row_exists(&tx, staged.id).ctx(ACTION)? {
             return Ok(false);
         }
         let (mut count, mut bytes) = (0i64, 0i64);
@@ -475,13 +469,7 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .ctx(ACTION)?;
         let tick = next_tick(&tx).ctx(ACTION)?;
-        let exists: Option<i64> = tx
-            .query_row("SELECT id FROM views WHERE id = ?1", [staged.id], |r| {
-                r.get(0)
-            })
-            .optional()
-            .ctx(ACTION)?;
-        if exists.is_none() {
+        if !row_exists(&tx, staged.id).ctx(ACTION)? {
             return Ok(false);
         }
         // ON DELETE CASCADE removes the old view's objects.
@@ -941,6 +929,13 @@ fn next_tick(conn: &Connection) -> rusqlite::Result<i64> {
         [],
         |r| r.get(0),
     )
+}
+
+/// Whether the views row `id` is still there (eviction may have taken it).
+fn row_exists(conn: &Connection, id: i64) -> rusqlite::Result<bool> {
+    conn.query_row("SELECT 1 FROM views WHERE id = ?1", [id], |_| Ok(()))
+        .optional()
+        .map(|found| found.is_some())
 }
 
 fn view_id(conn: &Connection, key: &ViewKey) -> rusqlite::Result<Option<i64>> {

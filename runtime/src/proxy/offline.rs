@@ -241,35 +241,12 @@ fn push_json_string(out: &mut String, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::Limits;
     use crate::kube::request::classify;
-
-    fn fixture(name: &str) -> Vec<u8> {
-        let path = format!(
-            "{}/../tests/fixtures/kube-apiserver-1.24/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-    }
-
-    fn temp_store(tag: &str) -> (Store, std::path::PathBuf) {
-        let dir = std::env::temp_dir().join(format!("tether-offline-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("dir");
-        let store = Store::open(
-            dir.join("cache.db"),
-            Limits {
-                page_cache_bytes: 1 << 20,
-                max_disk_bytes: 64 << 20,
-            },
-        )
-        .expect("store");
-        (store, dir)
-    }
+    use crate::testing::{fixture, temp_store};
 
     #[test]
     fn lists_and_objects_come_back_byte_for_byte() {
-        let (mut store, dir) = temp_store("roundtrip");
+        let (mut store, dir) = temp_store("offline-roundtrip", 64 << 20);
         for (enc, accept, list, object) in [
             (
                 Encoding::Protobuf,
@@ -373,7 +350,7 @@ mod tests {
         assert!(view_key(&r).is_none());
         let r = classify("GET", "/healthz", None, None).expect("classify");
         assert!(view_key(&r).is_none());
-        let (mut store, dir) = temp_store("garbage");
+        let (mut store, dir) = temp_store("offline-garbage", 64 << 20);
         let r = classify("GET", "/api/v1/pods", None, None).expect("classify");
         let key = view_key(&r).expect("cacheable");
         assert!(record(&mut store, &key, Encoding::Json, b"{not json").is_err());

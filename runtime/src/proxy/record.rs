@@ -235,32 +235,9 @@ fn flush(store: &mut Store, s: &mut Streaming) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::Limits;
     use crate::kube::request::classify;
     use crate::kube::{self, Encoding};
-
-    fn fixture(name: &str) -> Vec<u8> {
-        let path = format!(
-            "{}/../tests/fixtures/kube-apiserver-1.24/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-    }
-
-    fn store(tag: &str) -> (Store, std::path::PathBuf) {
-        let dir = std::env::temp_dir().join(format!("tether-record-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("dir");
-        let store = Store::open(
-            dir.join("cache.db"),
-            Limits {
-                page_cache_bytes: 1 << 20,
-                max_disk_bytes: 64 << 20,
-            },
-        )
-        .expect("store");
-        (store, dir)
-    }
+    use crate::testing::{fixture, temp_store};
 
     fn items(enc: Encoding, body: &[u8]) -> Vec<(String, Vec<u8>)> {
         let mut v: Vec<_> = kube::parse_list(enc, body)
@@ -291,7 +268,7 @@ mod tests {
 
     #[test]
     fn lists_larger_than_the_buffer_stream_into_the_cache() {
-        let (mut store, dir) = store("stream");
+        let (mut store, dir) = temp_store("record", 64 << 20);
         for (enc, file) in [
             (
                 Encoding::Protobuf,

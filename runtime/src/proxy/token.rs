@@ -132,18 +132,10 @@ pub fn answer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::Limits;
     use crate::kube::request::classify;
+    use crate::testing::{fixture, temp_store};
 
     const BODY: &[u8] = br#"{"kind":"TokenRequest","apiVersion":"authentication.k8s.io/v1","spec":{"audiences":null,"expirationSeconds":3607,"boundObjectRef":{"kind":"Pod","apiVersion":"v1","name":"web-tlj24hjbj7-22r6j","uid":"0db015de-ef3d-4c80-a601-71b030de23d8"}},"status":{"token":"","expirationTimestamp":null}}"#;
-
-    fn fixture(name: &str) -> Vec<u8> {
-        let path = format!(
-            "{}/../tests/fixtures/kube-apiserver-1.24/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-    }
 
     fn request(path: &str) -> ApiRequest {
         classify(
@@ -183,17 +175,7 @@ mod tests {
 
     #[test]
     fn valid_tokens_only() {
-        let dir = std::env::temp_dir().join(format!("tether-token-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("dir");
-        let mut store = Store::open(
-            dir.join("cache.db"),
-            Limits {
-                page_cache_bytes: 1 << 20,
-                max_disk_bytes: 1 << 20,
-            },
-        )
-        .expect("store");
+        let (mut store, dir) = temp_store("token", 1 << 20);
         let key = view_key(
             &request("/api/v1/namespaces/edge-apps/serviceaccounts/web/token"),
             BODY,

@@ -78,6 +78,15 @@ fn watch(proxy: SocketAddr, target: &str) {
     });
 }
 
+/// One unlabelled value of the edge's `/metrics` (0 if absent).
+fn metric(status: SocketAddr, name: &str) -> u64 {
+    let (_, metrics) = http_get(status, "/metrics").expect("metrics");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
@@ -133,13 +142,7 @@ fn main() {
         );
     }
     std::thread::sleep(Duration::from_secs(3));
-    let (_, metrics) = http_get(f.status, "/metrics").expect("metrics");
-    let value = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0)
-    };
+    let value = |name: &str| metric(f.status, name);
     println!(
         "machine: {} cores; edge idle with the proxy: {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -186,13 +189,7 @@ fn main() {
     let _ = sampler.join();
     assert_eq!(status, 200, "{}", f.edge.logs());
     std::thread::sleep(Duration::from_millis(500));
-    let (_, metrics) = http_get(f.status, "/metrics").expect("metrics");
-    let value = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0)
-    };
+    let value = |name: &str| metric(f.status, name);
     println!(
         "LIST of {count} configmaps, {:.1} MB (protobuf), through the proxy in {:.2} s and into the cache: edge RSS peak {} (sampled), VmHWM {}; budget {}; turned away {}; cache now {} objects, {:.1} MB",
         size as f64 / 1e6,
