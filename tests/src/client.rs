@@ -1,6 +1,7 @@
 //! A blocking HTTP/1.1 client of the edge's API proxy, the way kubelet and
-//! kube-proxy talk to it: one request per connection, and watches read in
-//! a thread whose events arrive on a channel.
+//! kube-proxy talk to it: one request per connection (or one after another
+//! on a connection kept open), and watches read in a thread whose events
+//! arrive on a channel.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -52,6 +53,24 @@ pub fn call(
     accept: &str,
     body: &[u8],
 ) -> Answer {
+    call_with(proxy, agent, method, target, accept, "", body)
+}
+
+/// [`call`] with extra header lines, each ending in CRLF (a pod's
+/// `Authorization: Bearer ...`).
+///
+/// # Panics
+///
+/// As [`call`].
+pub fn call_with(
+    proxy: SocketAddr,
+    agent: &str,
+    method: &str,
+    target: &str,
+    accept: &str,
+    extra_headers: &str,
+    body: &[u8],
+) -> Answer {
     let mut tcp = TcpStream::connect(proxy).expect("connect to the proxy");
     tcp.set_read_timeout(Some(WAIT)).expect("timeout");
     let content_type = if body.is_empty() {
@@ -65,7 +84,7 @@ pub fn call(
         "Content-Type: application/json\r\n".into()
     };
     let head = format!(
-        "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: {agent}\r\nAccept: {accept}\r\n{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: {agent}\r\nAccept: {accept}\r\n{extra_headers}{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     tcp.write_all(head.as_bytes()).expect("write");
@@ -84,8 +103,49 @@ pub fn call(
     }
 }
 
-/// One watch event as a client sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Sends one GET as `agent` on `conn`, a connection the caller keeps open
+/// across requests (keep-alive, as kubelet does), and reads the whole
+/// answer, leaving the connection ready for the next.
+///
+/// # Panics
+///
+/// If the connection fails or closes before the answer is complete, or
+/// the answer is not HTTP.
+pub fn exchange<S: Read + Write>(conn: &mut S, agent: &str, target: &str, accept: &str) -> Answer {
+    let head = format!(
+        "GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: {agent}\r\nAccept: {accept}\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).expect("write");
+    let mut raw = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let (resp, used) = loop {
+        if let Some(h) = http::parse_response_head(&raw, &Limits::default()).expect("head") {
+            break h;
+        }
+        let n = conn.read(&mut chunk).expect("read");
+        assert!(n > 0, "connection closed");
+        raw.extend_from_slice(&chunk[..n]);
+    };
+    raw.drain(..used);
+    let mut decoder = BodyDecoder::new(resp.body_kind("GET").expect("framing"));
+    let mut body = Vec::new();
+    loop {
+        let (n, done) = decoder.decode(&raw, &mut body).expect("body");
+        raw.drain(..n);
+        if done {
+            return Answer {
+                status: resp.status,
+                body,
+            };
+        }
+        let n = conn.read(&mut chunk).expect("read");
+        assert!(n > 0, "connection closed mid-body");
+        raw.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// One watch event as a client sees it; ordered by its fields in turn.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Seen {
     /// `ADDED`, `MODIFIED`, `DELETED`, `BOOKMARK` or `ERROR`.
     pub event: String,
@@ -95,6 +155,10 @@ pub struct Seen {
     pub resource_version: String,
     /// The object's labels.
     pub labels: Vec<(String, String)>,
+    /// Whether the object carries the `k8s.io/initial-events-end`
+    /// annotation (`"true"`): the BOOKMARK that ends a streaming list's
+    /// initial events.
+    pub initial_events_end: bool,
 }
 
 /// Opens a watch through the proxy as `agent`, in protobuf, and reads it
@@ -139,6 +203,7 @@ pub fn watch(proxy: SocketAddr, agent: &str, target: &str) -> Receiver<Seen> {
                     name: ev.meta.name.clone(),
                     resource_version: ev.meta.resource_version.clone(),
                     labels: ev.meta.labels.clone(),
+                    initial_events_end: ev.meta.initial_events_end,
                 };
                 if tx.send(seen).is_err() {
                     return;
@@ -154,6 +219,22 @@ pub fn watch(proxy: SocketAddr, agent: &str, target: &str) -> Receiver<Seen> {
         }
     });
     rx
+}
+
+/// The next event other than BOOKMARK, within `within`.
+///
+/// # Panics
+///
+/// If none arrives in time or the watch ends first.
+pub fn next_change(events: &Receiver<Seen>, within: Duration) -> Seen {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ev = events.recv_timeout(left).expect("an event in time");
+        if ev.event != "BOOKMARK" {
+            return ev;
+        }
+    }
 }
 
 /// Events other than BOOKMARK: collected until `want` have arrived or

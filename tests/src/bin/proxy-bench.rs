@@ -12,49 +12,24 @@
 //! Usage: cargo run --release -p tether-tests --bin proxy-bench [-- --requests N]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tether_edge::http::{self, BodyDecoder, Limits};
 use tether_tests::apiserver::{Kind, StandIn};
 use tether_tests::bench::arg;
-use tether_tests::cluster::{start_edge, start_hub, wait_linked, EdgeAuth, Transport};
+use tether_tests::client::{self, KUBELET, PROTOBUF};
+use tether_tests::cluster::{start_edge, EdgeAuth, Transport};
+use tether_tests::fleet;
 use tether_tests::pki::Pki;
 use tether_tests::procs::free_port;
 
-const KUBELET: &str = "kubelet/v1.24.0+0 (linux/amd64) kubernetes/2cc6ddc";
-const PB: &str = "application/vnd.kubernetes.protobuf,application/json";
 const PODS: &str = "/api/v1/pods?fieldSelector=spec.nodeName%3Dedge-1&limit=500&resourceVersion=0";
 
-/// Sends one request on `conn` (keep-alive) and reads the whole answer.
+/// Sends one GET as kubelet on `conn` (keep-alive) and reads the whole
+/// answer: (status, body bytes).
 fn exchange<S: Read + Write>(conn: &mut S, target: &str) -> (u16, usize) {
-    let head = format!(
-        "GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: {KUBELET}\r\nAccept: {PB}\r\n\r\n"
-    );
-    conn.write_all(head.as_bytes()).expect("write");
-    let mut raw = Vec::new();
-    let mut chunk = vec![0u8; 64 * 1024];
-    let (resp, used) = loop {
-        if let Some(h) = http::parse_response_head(&raw, &Limits::default()).expect("head") {
-            break h;
-        }
-        let n = conn.read(&mut chunk).expect("read");
-        assert!(n > 0, "connection closed");
-        raw.extend_from_slice(&chunk[..n]);
-    };
-    raw.drain(..used);
-    let mut decoder = BodyDecoder::new(resp.body_kind("GET").expect("framing"));
-    let mut body = Vec::new();
-    loop {
-        let (n, done) = decoder.decode(&raw, &mut body).expect("body");
-        raw.drain(..n);
-        if done {
-            return (resp.status, body.len());
-        }
-        let n = conn.read(&mut chunk).expect("read");
-        assert!(n > 0, "connection closed mid-body");
-        raw.extend_from_slice(&chunk[..n]);
-    }
+    let answer = client::exchange(conn, KUBELET, target, PROTOBUF);
+    (answer.status, answer.body.len())
 }
 
 fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
@@ -80,40 +55,8 @@ fn main() {
         // list sizes in BENCHMARKS.md stay comparable.
         .generate(Kind::Pod, "edge-apps", 1000, "bench-pod-0000000")
         .expect("seed 1,000 pods");
-    let hub = start_hub(
-        &pki,
-        Transport::Tls,
-        &["edge-1"],
-        &format!(
-            "[upstream.kube-apiserver]\naddress = \"{}\"\n",
-            standin.addr()
-        ),
-    );
-    let proxy: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let (cert, key) = pki.node_cert("system:node:edge-1");
-    let config = format!(
-        "log_level = \"info\"\n[apiserver]\nserver_name = \"localhost\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n[proxy]\nlisten = \"{proxy}\"\ncache = \"{}\"\n",
-        pki.ca.display(),
-        cert.display(),
-        key.display(),
-        pki.dir.join("bench-cache.db").display()
-    );
-    // start_edge writes log_level itself; the line above only matters for
-    // the restart below, so drop it here.
-    let edge_cfg = config.replacen("log_level = \"info\"\n", "", 1);
-    let mut edge = start_edge(
-        &pki,
-        "edge-1",
-        hub.link,
-        Transport::Tls,
-        EdgeAuth::Token,
-        &edge_cfg,
-    );
-    assert!(
-        wait_linked(hub.admin, "edge-1", Duration::from_secs(30)),
-        "{}",
-        edge.logs()
-    );
+    let mut f = fleet::through_link(pki, standin, "");
+    let (proxy, standin) = (f.proxy, &f.standin);
     println!(
         "machine: {} cores; stand-in with {} pods on edge-1",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -124,7 +67,7 @@ fn main() {
     let mut via_proxy = TcpStream::connect(proxy).expect("proxy");
     let _ = via_proxy.set_nodelay(true);
     let (status, _) = exchange(&mut via_proxy, PODS);
-    assert_eq!(status, 200, "{}", edge.logs());
+    assert_eq!(status, 200, "{}", f.edge.logs());
     let mut proxied = Vec::with_capacity(requests);
     for _ in 0..requests {
         let t = Instant::now();
@@ -132,7 +75,8 @@ fn main() {
         proxied.push(t.elapsed());
         assert_eq!(status, 200);
     }
-    let client = tether_link::tls::client_config(&pki.ca, Some((&cert, &key))).expect("tls");
+    let (cert, key) = f.pki.node_cert("system:node:edge-1");
+    let client = tether_link::tls::client_config(&f.pki.ca, Some((&cert, &key))).expect("tls");
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
     let conn = rustls::ClientConnection::new(Arc::new(client), name).expect("tls conn");
     let tcp = TcpStream::connect(standin.addr()).expect("stand-in");
@@ -160,7 +104,7 @@ fn main() {
     standin.set_down(true);
     let mut offline_conn = TcpStream::connect(proxy).expect("proxy");
     let (status, size) = exchange(&mut offline_conn, PODS);
-    assert_eq!(status, 200, "{}", edge.logs());
+    assert_eq!(status, 200, "{}", f.edge.logs());
     let mut offline = Vec::with_capacity(requests / 4);
     for _ in 0..(requests / 4).max(50) {
         let t = Instant::now();
@@ -176,16 +120,16 @@ fn main() {
     );
 
     // Restart with no network: process start to the first cached answer.
-    edge.kill();
-    drop(hub);
+    f.edge.kill();
+    f.hub.proc.kill();
     let started = Instant::now();
     let edge = start_edge(
-        &pki,
+        &f.pki,
         "edge-1",
         ([127, 0, 0, 1], free_port()).into(),
         Transport::Tls,
         EdgeAuth::Token,
-        &edge_cfg,
+        &f.config,
     );
     let first = loop {
         if let Ok(mut c) = TcpStream::connect(proxy) {
