@@ -159,6 +159,9 @@ pub struct Seen {
     /// annotation (`"true"`): the BOOKMARK that ends a streaming list's
     /// initial events.
     pub initial_events_end: bool,
+    /// Bytes of the event's protobuf frame (the 4-byte length and the
+    /// event), as the apiserver sends it.
+    pub frame_bytes: usize,
 }
 
 /// Opens a watch through the proxy as `agent`, in protobuf, and reads it
@@ -204,6 +207,12 @@ pub fn watch(proxy: SocketAddr, agent: &str, target: &str) -> Receiver<Seen> {
                     resource_version: ev.meta.resource_version.clone(),
                     labels: ev.meta.labels.clone(),
                     initial_events_end: ev.meta.initial_events_end,
+                    frame_bytes: kube::encode_watch_event(
+                        Encoding::Protobuf,
+                        ev.event_type,
+                        ev.object,
+                    )
+                    .len(),
                 };
                 if tx.send(seen).is_err() {
                     return;

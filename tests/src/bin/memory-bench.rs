@@ -10,73 +10,17 @@
 //!
 //! Usage: cargo run --release -p tether-tests --bin memory-bench [-- --list-mib 50]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tether_edge::http::{self, BodyDecoder, Limits};
 use tether_edge::kube::{self, Encoding};
 use tether_tests::apiserver::{Kind, StandIn};
 use tether_tests::bench::{arg, status_kib};
+use tether_tests::client::{call, watch, KUBELET, PROTOBUF};
 use tether_tests::fleet;
 use tether_tests::pki::Pki;
 use tether_tests::procs::http_get;
-
-const PB: &str = "application/vnd.kubernetes.protobuf,application/json";
-
-/// GETs `target` as `agent`, reading the answer as it comes (never whole);
-/// returns (status, body bytes, the list's resourceVersion if asked).
-fn get(proxy: SocketAddr, agent: &str, target: &str, keep: bool) -> (u16, usize, Vec<u8>) {
-    let mut tcp = TcpStream::connect(proxy).expect("connect to the proxy");
-    let head = format!(
-        "GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: {agent}\r\nAccept: {PB}\r\nConnection: close\r\n\r\n"
-    );
-    tcp.write_all(head.as_bytes()).expect("write");
-    let mut raw = Vec::new();
-    let mut chunk = vec![0u8; 64 * 1024];
-    let (resp, used) = loop {
-        if let Some(h) = http::parse_response_head(&raw, &Limits::default()).expect("head") {
-            break h;
-        }
-        let n = tcp.read(&mut chunk).expect("read");
-        assert!(n > 0, "closed before an answer");
-        raw.extend_from_slice(&chunk[..n]);
-    };
-    raw.drain(..used);
-    let mut decoder = BodyDecoder::new(resp.body_kind("GET").expect("framing"));
-    let (mut size, mut kept) = (0, Vec::new());
-    loop {
-        let mut data = Vec::new();
-        let (n, done) = decoder.decode(&raw, &mut data).expect("body");
-        raw.drain(..n);
-        size += data.len();
-        if keep {
-            kept.extend_from_slice(&data);
-        }
-        if done {
-            return (resp.status, size, kept);
-        }
-        let n = tcp.read(&mut chunk).expect("read");
-        if n == 0 {
-            return (resp.status, size, kept);
-        }
-        raw.extend_from_slice(&chunk[..n]);
-    }
-}
-
-/// Opens a watch and keeps reading it in a thread until the process ends.
-fn watch(proxy: SocketAddr, target: &str) {
-    let mut tcp = TcpStream::connect(proxy).expect("connect to the proxy");
-    let head = format!(
-        "GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: kubelet/v1.24.0\r\nAccept: {PB}\r\n\r\n"
-    );
-    tcp.write_all(head.as_bytes()).expect("write");
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while matches!(tcp.read(&mut buf), Ok(n) if n > 0) {}
-    });
-}
 
 /// One unlabelled value of the edge's `/metrics` (0 if absent).
 fn metric(status: SocketAddr, name: &str) -> u64 {
@@ -127,19 +71,25 @@ fn main() {
     ];
     let mut rv = String::new();
     for (agent, target) in lists {
-        let (status, size, body) = get(f.proxy, agent, target, true);
-        assert_eq!(status, 200, "{target}\n{}", f.edge.logs());
-        let list = kube::parse_list(Encoding::Protobuf, &body).expect("a list");
-        eprintln!("{agent}: {} objects, {size} bytes", list.items.len());
+        let answer = call(f.proxy, agent, "GET", target, PROTOBUF, b"");
+        assert_eq!(answer.status, 200, "{target}\n{}", f.edge.logs());
+        let list = kube::parse_list(Encoding::Protobuf, &answer.body).expect("a list");
+        eprintln!(
+            "{agent}: {} objects, {} bytes",
+            list.items.len(),
+            answer.body.len()
+        );
         rv = list.meta.resource_version;
     }
     std::thread::sleep(Duration::from_millis(500));
     let listed = status_kib(pid, "VmRSS:");
+    let mut watches = Vec::new();
     for name in configmaps.iter().take(100) {
-        watch(
+        watches.push(watch(
             f.proxy,
+            KUBELET,
             &format!("/api/v1/namespaces/edge-apps/configmaps?allowWatchBookmarks=true&fieldSelector=metadata.name%3D{name}&resourceVersion={rv}&timeoutSeconds=3600&watch=true"),
-        );
+        ));
     }
     std::thread::sleep(Duration::from_secs(3));
     let value = |name: &str| metric(f.status, name);
@@ -178,12 +128,16 @@ fn main() {
         })
     };
     let t = Instant::now();
-    let (status, size, _) = get(
+    let answer = call(
         f.proxy,
         "tether-bench/1",
+        "GET",
         "/api/v1/namespaces/big/configmaps?limit=500",
-        false,
+        PROTOBUF,
+        b"",
     );
+    let (status, size) = (answer.status, answer.body.len());
+    drop(answer);
     let took = t.elapsed();
     stop.store(true, Ordering::Relaxed);
     let _ = sampler.join();

@@ -12,74 +12,16 @@
 //!
 //! Usage: cargo run --release -p tether-tests --bin watch-bench [-- --events N]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::mpsc;
 use std::time::Duration;
-use tether_edge::http::{self, BodyDecoder, Limits};
 use tether_edge::kube::{self, Encoding};
 use tether_tests::apiserver::{Kind, StandIn};
 use tether_tests::bench::arg;
+use tether_tests::client::{call, watch, KUBELET, PROTOBUF};
 use tether_tests::cluster::node_field;
 use tether_tests::fleet::{self, Fleet};
 use tether_tests::pki::Pki;
 
-const KUBELET: &str = "kubelet/v1.24.0+0 (linux/amd64) kubernetes/2cc6ddc";
-const PB: &str = "application/vnd.kubernetes.protobuf,application/json";
 const WAIT: Duration = Duration::from_secs(30);
-
-/// Opens a watch through the proxy; each event's frame size (the
-/// de-chunked bytes it took) is sent on the channel.
-fn watch(proxy: SocketAddr, target: &str) -> mpsc::Receiver<(String, usize)> {
-    let (tx, rx) = mpsc::channel();
-    let mut tcp = TcpStream::connect(proxy).expect("connect to the proxy");
-    let head = format!(
-        "GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: {KUBELET}\r\nAccept: {PB}\r\n\r\n"
-    );
-    tcp.write_all(head.as_bytes()).expect("write");
-    std::thread::spawn(move || {
-        let mut raw = Vec::new();
-        let mut chunk = [0u8; 16384];
-        let (resp, used) = loop {
-            if let Ok(Some(h)) = http::parse_response_head(&raw, &Limits::default()) {
-                break h;
-            }
-            match tcp.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => raw.extend_from_slice(&chunk[..n]),
-            }
-        };
-        assert_eq!(resp.status, 200, "the watch was refused");
-        raw.drain(..used);
-        let mut body = BodyDecoder::new(resp.body_kind("GET").expect("framing"));
-        let mut events = kube::WatchDecoder::new(Encoding::Protobuf, 1 << 24);
-        loop {
-            let mut data = Vec::new();
-            let Ok((n, done)) = body.decode(&raw, &mut data) else {
-                return;
-            };
-            raw.drain(..n);
-            events.push(&data);
-            while let Ok(Some(ev)) = events.next_event() {
-                // The frame as the apiserver sent it (the edge frames
-                // events the same way): a 4-byte length and the event.
-                let size =
-                    kube::encode_watch_event(Encoding::Protobuf, ev.event_type, ev.object).len();
-                if tx.send((ev.event_type.as_str().to_string(), size)).is_err() {
-                    return;
-                }
-            }
-            if done {
-                return;
-            }
-            match tcp.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => raw.extend_from_slice(&chunk[..n]),
-            }
-        }
-    });
-    rx
-}
 
 /// The hub's MQTT-level byte count for edge-1, both directions.
 fn link_bytes(f: &Fleet) -> u64 {
@@ -101,28 +43,15 @@ fn measure(f: &Fleet, kind: Kind, name: &str, events: usize) -> (f64, f64) {
     let list = format!(
         "/api/v1/namespaces/edge-apps/{path}?fieldSelector=metadata.name%3D{name}&limit=500&resourceVersion=0"
     );
-    let mut tcp = TcpStream::connect(f.proxy).expect("proxy");
-    tcp.write_all(
-        format!("GET {list} HTTP/1.1\r\nHost: x\r\nUser-Agent: {KUBELET}\r\nAccept: {PB}\r\nConnection: close\r\n\r\n")
-            .as_bytes(),
-    )
-    .expect("write");
-    let mut raw = Vec::new();
-    let _ = tcp.read_to_end(&mut raw);
-    let (resp, used) = http::parse_response_head(&raw, &Limits::default())
-        .expect("head")
-        .expect("whole head");
-    assert_eq!(resp.status, 200, "{}", f.edge.logs());
-    let mut body = Vec::new();
-    BodyDecoder::new(resp.body_kind("GET").expect("framing"))
-        .decode(&raw[used..], &mut body)
-        .expect("body");
-    let rv = kube::parse_list(Encoding::Protobuf, &body)
+    let answer = call(f.proxy, KUBELET, "GET", &list, PROTOBUF, b"");
+    assert_eq!(answer.status, 200, "{}", f.edge.logs());
+    let rv = kube::parse_list(Encoding::Protobuf, &answer.body)
         .expect("list")
         .meta
         .resource_version;
     let seen = watch(
         f.proxy,
+        KUBELET,
         &format!(
             "/api/v1/namespaces/edge-apps/{path}?allowWatchBookmarks=true&fieldSelector=metadata.name%3D{name}&resourceVersion={rv}&timeoutSeconds=3600&watch=true"
         ),
@@ -136,9 +65,9 @@ fn measure(f: &Fleet, kind: Kind, name: &str, events: usize) -> (f64, f64) {
             .modify_label(kind, "edge-apps", name, "tether-bench", &format!("v{i:08}"))
             .expect("modify");
         loop {
-            let (kind, size) = seen.recv_timeout(WAIT).expect("the event in time");
-            frames += size;
-            if kind == "MODIFIED" {
+            let ev = seen.recv_timeout(WAIT).expect("the event in time");
+            frames += ev.frame_bytes;
+            if ev.event == "MODIFIED" {
                 break;
             }
         }
