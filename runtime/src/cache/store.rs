@@ -620,22 +620,30 @@ impl Store {
         Ok(())
     }
 
-    /// Applies one watch event to the view `key` and sets its list
-    /// resourceVersion to `new_list_rv`, in one transaction. Returns false
-    /// (and changes nothing) if the view is not cached, e.g. it was evicted:
-    /// the caller should then re-list.
+    /// Applies one watch event to the view `key` and moves its list
+    /// resourceVersion from `from_rv` to `to_rv`, in one transaction.
+    ///
+    /// Only a view at `from_rv` takes the event: a watch's events continue
+    /// the state at the resourceVersion the watch started from (or last
+    /// delivered), and applied to any other state they would make a view
+    /// that claims to be newer than it is (a process killed between
+    /// relaying a LIST and recording it leaves the view older than what the
+    /// client then watches from). Returns false, changing nothing, if the
+    /// view is not cached (evicted) or is at another resourceVersion; the
+    /// view then stays as it was, consistent, until a LIST replaces it.
     pub fn apply_event(
         &mut self,
         key: &ViewKey,
         event: &Event,
-        new_list_rv: &str,
+        from_rv: &str,
+        to_rv: &str,
     ) -> Result<bool, StoreError> {
         const ACTION: &str = "apply a watch event";
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .ctx(ACTION)?;
-        let Some(id) = view_id(&tx, key).ctx(ACTION)? else {
+        let Some(id) = view_id_at(&tx, key, from_rv).ctx(ACTION)? else {
             return Ok(false);
         };
         let obj = match event {
@@ -675,11 +683,33 @@ impl Store {
         tx.execute(
             "UPDATE views SET objects = objects + ?2, bytes = bytes + ?3, resource_version = ?4
              WHERE id = ?1",
-            params![id, d_objects, d_bytes, new_list_rv],
+            params![id, d_objects, d_bytes, to_rv],
         )
         .ctx(ACTION)?;
         tx.commit().ctx(ACTION)?;
         Ok(true)
+    }
+
+    /// Moves the view `key` from resourceVersion `from_rv` to `to_rv` with no
+    /// change to its objects: a BOOKMARK says nothing happened in between.
+    /// Returns false if the view is not at `from_rv` (see
+    /// [`Store::apply_event`]).
+    pub fn advance(
+        &mut self,
+        key: &ViewKey,
+        from_rv: &str,
+        to_rv: &str,
+    ) -> Result<bool, StoreError> {
+        let [a, b, c, d, e, f, g] = key_params(key);
+        let n = self
+            .conn
+            .prepare_cached(&format!(
+                "UPDATE views SET resource_version = ?9
+                 WHERE {VIEW_KEY_WHERE} AND resource_version = ?8"
+            ))
+            .and_then(|mut stmt| stmt.execute(params![a, b, c, d, e, f, g, from_rv, to_rv]))
+            .ctx("advance a view")?;
+        Ok(n > 0)
     }
 
     /// The view `key`'s metadata, if it is cached. Does not count as a use.
@@ -936,6 +966,17 @@ fn row_exists(conn: &Connection, id: i64) -> rusqlite::Result<bool> {
     conn.query_row("SELECT 1 FROM views WHERE id = ?1", [id], |_| Ok(()))
         .optional()
         .map(|found| found.is_some())
+}
+
+/// The id of the view `key` if it is at resourceVersion `rv`.
+fn view_id_at(conn: &Connection, key: &ViewKey, rv: &str) -> rusqlite::Result<Option<i64>> {
+    let [a, b, c, d, e, f, g] = key_params(key);
+    conn.query_row(
+        &format!("SELECT id FROM views WHERE {VIEW_KEY_WHERE} AND resource_version = ?8"),
+        params![a, b, c, d, e, f, g, rv],
+        |r| r.get(0),
+    )
+    .optional()
 }
 
 fn view_id(conn: &Connection, key: &ViewKey) -> rusqlite::Result<Option<i64>> {
@@ -1236,25 +1277,35 @@ mod tests {
             assert_eq!(s.objects(&key("kube-proxy", "pods")).unwrap(), vec![]);
 
             assert!(s
-                .apply_event(&k, &Event::Added(obj("c", "n", "cccc")), "11")
+                .apply_event(&k, &Event::Added(obj("c", "n", "cccc")), "10", "11")
                 .unwrap());
             assert!(s
-                .apply_event(&k, &Event::Modified(obj("a", "x", "aaaaa")), "12")
+                .apply_event(&k, &Event::Modified(obj("a", "x", "aaaaa")), "11", "12")
                 .unwrap());
             assert!(s
-                .apply_event(&k, &Event::Deleted(obj("b", "x", "")), "13")
+                .apply_event(&k, &Event::Deleted(obj("b", "x", "")), "12", "13")
                 .unwrap());
+            // An event that does not continue the view's state is refused:
+            // the view stays as it was.
+            assert!(!s
+                .apply_event(&k, &Event::Added(obj("a", "gap", "g")), "12", "20")
+                .unwrap());
+            assert_eq!(s.get_object(&k, "a", "gap").unwrap(), None);
+            // A bookmark moves it on only from where it is.
+            assert!(!s.advance(&k, "12", "14").unwrap());
+            assert!(s.advance(&k, "13", "13").unwrap());
             // Deleting what is not there changes only the resourceVersion.
             assert!(s
-                .apply_event(&k, &Event::Deleted(obj("q", "q", "")), "14")
+                .apply_event(&k, &Event::Deleted(obj("q", "q", "")), "13", "14")
                 .unwrap());
             assert!(s
-                .apply_event(&k, &Event::Added(obj("a", "b", "c")), "14")
+                .apply_event(&k, &Event::Added(obj("a", "b", "c")), "14", "14")
                 .unwrap());
             assert!(!s
                 .apply_event(
                     &key("nobody", "pods"),
                     &Event::Added(obj("a", "b", "c")),
+                    "0",
                     "1"
                 )
                 .unwrap());
@@ -1445,7 +1496,7 @@ mod tests {
                         labels,
                         body: format!("g{g};v{v};event").into_bytes(),
                     });
-                    s.apply_event(&crash_key(v), &ev, &format!("{g}-1"))
+                    s.apply_event(&crash_key(v), &ev, &g.to_string(), &format!("{g}-1"))
                         .unwrap();
                 }
                 if v.is_multiple_of(2) {

@@ -75,6 +75,7 @@ pub(super) async fn serve(
         encoding: api.encoding,
         resource_version: query.resource_version.clone(),
         resuming: false,
+        bookmarks: query.allow_watch_bookmarks,
         started: false,
         key: offline::watch_view_key(api),
         // Unset or "0", the apiserver starts a watch with the current state
@@ -149,6 +150,8 @@ struct Stream {
     resuming: bool,
     /// What the client is owed before the first change.
     initial: Initial,
+    /// The client takes BOOKMARK events (`allowWatchBookmarks=true`).
+    bookmarks: bool,
     /// The response head went to the client.
     started: bool,
     /// The client's cached view this watch keeps fresh.
@@ -333,6 +336,8 @@ async fn relay_events(
             {
                 return Attempt::Gone(frame);
             }
+            // The state this event continues: what the stream delivered last.
+            let previous = state.resource_version.clone().unwrap_or_default();
             if !event.meta.resource_version.is_empty() {
                 state.resource_version = Some(event.meta.resource_version.clone());
                 state.resuming = true;
@@ -346,7 +351,7 @@ async fn relay_events(
                         state.initial = Initial::None;
                     }
                 }
-                None => record(proxy, state, encoding, &event),
+                None => record(proxy, state, &previous, encoding, &event),
             }
             if !send_event(tcp, &frame).await {
                 return Attempt::ClientGone;
@@ -558,17 +563,32 @@ async fn relist(
         head.target.split('?').next().unwrap_or(""),
         frames.len()
     );
-    for frame in &frames {
-        if !send_event(tcp, frame).await {
-            return Relist::ClientGone;
-        }
-    }
+    // The view takes the new list before the client gets the difference,
+    // so that a kill in between never leaves the client ahead of its view.
     let list_rv = list.meta.resource_version.clone();
     if let Some(store) = proxy.store.borrow_mut().as_mut() {
         if let Err(e) = offline::record(store, &key, encoding, &body) {
             info!("cache: cannot record the re-list ({key}): {e}");
         }
     }
+    if state.bookmarks {
+        // Tells the client where its state now is, so that a client that
+        // re-watches by itself starts from the list, not from the last
+        // object of the difference.
+        let bookmark = kube::bookmark_object(encoding, &list.api_version, &kind, &list_rv, false);
+        frames.push(kube::encode_watch_event(
+            encoding,
+            EventType::Bookmark,
+            &bookmark,
+        ));
+    }
+    for frame in &frames {
+        if !send_event(tcp, frame).await {
+            return Relist::ClientGone;
+        }
+    }
+    // The client's state is the list's now: resume from there (the last
+    // event's resourceVersion says nothing about the objects before it).
     state.resource_version = Some(list_rv);
     state.resuming = true;
     Relist::Done
@@ -750,7 +770,16 @@ async fn relay_rest(
 }
 
 /// Applies a watch event to the client's cached view, if it has one.
-fn record(proxy: &Proxy, state: &Stream, encoding: Encoding, event: &kube::WatchEvent<'_>) {
+/// The view only takes an event that continues its own state (see
+/// [`crate::cache::Store::apply_event`]): `previous` is the resourceVersion
+/// this stream delivered before the event.
+fn record(
+    proxy: &Proxy,
+    state: &Stream,
+    previous: &str,
+    encoding: Encoding,
+    event: &kube::WatchEvent<'_>,
+) {
     let Some(key) = &state.key else { return };
     let rv = state.resource_version.clone().unwrap_or_default();
     let mut store = proxy.store.borrow_mut();
@@ -770,10 +799,18 @@ fn record(proxy: &Proxy, state: &Stream, encoding: Encoding, event: &kube::Watch
         EventType::Added => make().map(Event::Added),
         EventType::Modified => make().map(Event::Modified),
         EventType::Deleted => make().map(Event::Deleted),
-        EventType::Bookmark | EventType::Error => None,
+        EventType::Bookmark => {
+            if let Err(e) = store.advance(key, previous, &rv) {
+                info!("cache: cannot apply a bookmark ({key}): {e}");
+            }
+            None
+        }
+        EventType::Error => None,
     };
     if let Some(ev) = applied {
-        if let Err(e) = store.apply_event(key, &ev, &rv) {
+        // Not applied when the view is not at `previous`: it stays a
+        // consistent older state until the next LIST replaces it.
+        if let Err(e) = store.apply_event(key, &ev, previous, &rv) {
             info!("cache: cannot apply a watch event ({key}): {e}");
         }
     }
