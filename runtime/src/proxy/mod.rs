@@ -57,9 +57,9 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
 /// Idle upstream connections kept for reuse.
 const POOL: usize = 4;
 
-/// While kube-apiserver is out of reach, at most one request per this
-/// interval tries it again; the others are answered from the cache at once
-/// instead of each paying a failed connection first.
+/// While kube-apiserver is out of reach, a background probe tries it again
+/// at most this often; every request is answered from the cache at once
+/// instead of paying a failed connection first.
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The proxy's shared state.
@@ -226,19 +226,33 @@ impl Proxy {
         }
     }
 
-    /// Whether a request should skip the upstream attempt: kube-apiserver
-    /// is known to be out of reach and another request tried it less than
-    /// [`RETRY_INTERVAL`] ago. When a retry is due, this request is the one
-    /// that tries, and the next retry is pushed back.
-    fn known_offline(&self) -> bool {
+    /// While kube-apiserver is known to be out of reach, whether a probe
+    /// is due (at most one per [`RETRY_INTERVAL`]; asking pushes the next
+    /// one back); `None` while it is reachable.
+    fn probe_due(&self) -> Option<bool> {
         match self.retry_at.get() {
-            Some(at) if Instant::now() < at => true,
+            Some(at) if Instant::now() < at => Some(false),
             Some(_) => {
                 self.retry_at.set(Some(Instant::now() + RETRY_INTERVAL));
-                false
+                Some(true)
             }
-            None => false,
+            None => None,
         }
+    }
+}
+
+/// Tries to reach kube-apiserver while it is known to be out of reach, in
+/// the background, so that no client waits for the attempt. A connection
+/// that comes up is kept for the next request.
+async fn probe(proxy: Rc<Proxy>) {
+    match proxy.api.connect(Identity::Node).await {
+        Ok(conn) => {
+            proxy.set_online();
+            if proxy.pool.borrow().len() < POOL {
+                proxy.pool.borrow_mut().push(conn);
+            }
+        }
+        Err(e) => proxy.set_offline(proxy.outage_now(), &e.to_string()),
     }
 }
 
@@ -259,7 +273,7 @@ pub async fn serve(ex: Rc<smol::LocalExecutor<'static>>, proxy: Rc<Proxy>, liste
                     .detach();
                     continue;
                 }
-                ex.spawn(client(proxy.clone(), tcp)).detach();
+                ex.spawn(client(ex.clone(), proxy.clone(), tcp)).detach();
             }
             Err(e) => {
                 warn!("proxy: accept failed: {e}");
@@ -270,7 +284,7 @@ pub async fn serve(ex: Rc<smol::LocalExecutor<'static>>, proxy: Rc<Proxy>, liste
 }
 
 /// Serves one client connection: requests one after another (keep-alive).
-async fn client(proxy: Rc<Proxy>, mut tcp: TcpStream) {
+async fn client(ex: Rc<smol::LocalExecutor<'static>>, proxy: Rc<Proxy>, mut tcp: TcpStream) {
     let limits = Limits::default();
     let mut buf = Vec::new();
     loop {
@@ -298,7 +312,7 @@ async fn client(proxy: Rc<Proxy>, mut tcp: TcpStream) {
             }
         };
         let keep = head.keep_alive();
-        match handle(&proxy, &head, &body, &mut tcp).await {
+        match handle(&ex, &proxy, &head, &body, &mut tcp).await {
             Ok(true) if keep => continue,
             _ => return,
         }
@@ -344,7 +358,8 @@ enum Upstream {
 
 /// Handles one request. Returns whether the connection may carry another.
 async fn handle(
-    proxy: &Proxy,
+    ex: &smol::LocalExecutor<'static>,
+    proxy: &Rc<Proxy>,
     head: &RequestHead,
     body: &[u8],
     tcp: &mut TcpStream,
@@ -377,8 +392,16 @@ async fn handle(
     }
     // What the answer is cached as, if anything.
     let key = offline::view_key(&api).or_else(|| token::view_key(&api, body));
-    if proxy.known_offline() {
-        return answer_offline(proxy, &api, key.as_ref(), tcp).await;
+    match proxy.probe_due() {
+        None => {}
+        Some(due) => {
+            // Known to be out of reach: answer at once, and let a probe in
+            // the background find out when it is back.
+            if due {
+                ex.spawn(probe(proxy.clone())).detach();
+            }
+            return answer_offline(proxy, &api, key.as_ref(), tcp).await;
+        }
     }
     let had_pooled = identity == Identity::Node && !proxy.pool.borrow().is_empty();
     let exchange = Exchange {
