@@ -115,7 +115,11 @@ fn main() {
         .generate_sized(Kind::ConfigMap, "big", count, "big-cm-", 100_000)
         .expect("big configmaps");
     // Peak RSS from here on (clear_refs 5 resets VmHWM).
-    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+    let hub = f.hub.proc.pid();
+    for p in [pid, hub] {
+        let _ = std::fs::write(format!("/proc/{p}/clear_refs"), "5");
+    }
+    let hub_before = status_kib(hub, "VmRSS:");
     let stop = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicU64::new(0));
     let sampler = {
@@ -154,5 +158,10 @@ fn main() {
         value("tether_edge_memory_refused_total"),
         value("tether_edge_cache_objects"),
         value("tether_edge_cache_bytes") as f64 / 1e6,
+    );
+    println!(
+        "the hub relaying it: RSS {} before, peak {} (VmHWM)",
+        mib(hub_before),
+        mib(status_kib(hub, "VmHWM:"))
     );
 }
