@@ -96,6 +96,9 @@ pub struct ProxyConfig {
     pub record_buffer: u64,
     /// RSS the edge sheds load above (0: no budget); see [`crate::memory`].
     pub memory_budget: u64,
+    /// Bytes of offline answers kept encoded in memory while kube-apiserver
+    /// is away.
+    pub answer_cache: u64,
 }
 
 /// Everything the edge reads from its config file.
@@ -351,6 +354,7 @@ impl Default for ProxyConfig {
             page_cache: 2 << 20,
             record_buffer: 1 << 20,
             memory_budget: 20 << 20,
+            answer_cache: 4 << 20,
         }
     }
 }
@@ -378,6 +382,9 @@ fn read_proxy(t: &mut Table<'_>, base: &Path, errors: &mut Errors) -> ProxyConfi
         memory_budget: errors
             .opt(t.bytes("memory_budget"))
             .unwrap_or(d.memory_budget),
+        answer_cache: errors
+            .opt(t.bytes("answer_cache"))
+            .unwrap_or(d.answer_cache),
     }
 }
 

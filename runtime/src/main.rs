@@ -87,6 +87,10 @@ CONFIG FILE (a strict TOML subset; unknown keys are errors):
                                     nothing new and turns new connections
                                     away until it is back under 90 %
                                     (\"0\": no budget).
+    answer_cache = \"4MiB\"          Offline answers kept encoded in memory
+                                    while kube-apiserver is away, so a
+                                    client asking again is answered at
+                                    once (\"0\": none).
 
     [status]
     listen = \"127.0.0.1:10262\"      /healthz and /metrics of the edge
@@ -236,6 +240,7 @@ async fn start_proxy(
             client,
             store,
             usize::try_from(cfg.proxy.record_buffer).unwrap_or(usize::MAX),
+            usize::try_from(cfg.proxy.answer_cache).unwrap_or(usize::MAX),
             budget,
         )),
         listener,

@@ -190,6 +190,13 @@ pub fn metrics(sources: &Sources) -> String {
             "Client connections turned away while over the memory budget.",
             budget.refused(),
         );
+        metric(
+            &mut m,
+            "tether_edge_offline_answers_bytes",
+            "gauge",
+            "Offline answers kept encoded in memory.",
+            proxy.answers_bytes() as u64,
+        );
         if let Some(s) = proxy.cache_stats() {
             metric(
                 &mut m,

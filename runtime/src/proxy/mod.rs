@@ -23,6 +23,7 @@
 //! and swapped in whole, so neither memory nor a half-written view ever
 //! holds it.
 
+pub mod answers;
 pub mod offline;
 pub mod record;
 pub mod token;
@@ -78,6 +79,8 @@ pub struct Proxy {
     record_buffer: usize,
     /// Over budget, nothing new is recorded and new clients are turned away.
     budget: Rc<Budget>,
+    /// Offline answers kept encoded; emptied by every write to the store.
+    answers: RefCell<answers::Answers>,
 }
 
 /// Why kube-apiserver is out of reach: the reason a cached answer was
@@ -155,10 +158,12 @@ impl Proxy {
     /// Lists larger than `record_buffer` bytes are recorded while they
     /// stream, never held whole.
     /// Over `budget`, it sheds load (see [`crate::memory`]).
+    /// Up to `answer_cache` bytes of offline answers are kept encoded.
     pub fn new(
         api: ApiClient,
         store: Option<Store>,
         record_buffer: usize,
+        answer_cache: usize,
         budget: Rc<Budget>,
     ) -> Proxy {
         Proxy {
@@ -171,12 +176,25 @@ impl Proxy {
             counters: RefCell::new(Counters::default()),
             record_buffer,
             budget,
+            answers: RefCell::new(answers::Answers::new(answer_cache)),
         }
     }
 
     /// What the proxy did so far.
     pub fn counters(&self) -> Counters {
         *self.counters.borrow()
+    }
+
+    /// The store, to write to it: the offline answers kept in memory are
+    /// forgotten first, since they may no longer be the views as stored.
+    fn store_mut(&self) -> std::cell::RefMut<'_, Option<Store>> {
+        self.answers.borrow_mut().clear();
+        self.store.borrow_mut()
+    }
+
+    /// Bytes of offline answers kept in memory.
+    pub fn answers_bytes(&self) -> usize {
+        self.answers.borrow().bytes()
     }
 
     /// The memory budget it works under.
@@ -445,17 +463,28 @@ async fn answer_offline(
         fail(tcp, 503, "ServiceUnavailable", msg).await?;
         return Ok(true);
     }
-    let cached = match (key, proxy.store.borrow_mut().as_mut()) {
-        (Some(key), Some(store)) => match offline::answer(store, key, api.encoding) {
-            Ok(Some(found)) => Ok(found),
+    let kept = key.and_then(|key| proxy.answers.borrow_mut().get(key));
+    let cached = match (kept, key, proxy.store.borrow_mut().as_mut()) {
+        (Some(kept), _, _) => Ok(kept),
+        (None, Some(key), Some(store)) => match offline::answer(store, key, api.encoding) {
+            Ok(Some(found)) => {
+                debug!("offline answer for {key} built from the cache");
+                let found = Rc::new(found);
+                if proxy.budget.over() {
+                    proxy.answers.borrow_mut().clear();
+                } else {
+                    proxy.answers.borrow_mut().put(key, found.clone());
+                }
+                Ok(found)
+            }
             Ok(None) => Err(Miss::NotCached),
             Err(e) => {
                 warn!("cache read failed: {e}");
                 Err(Miss::CacheError)
             }
         },
-        (Some(_), None) => Err(Miss::NotCached),
-        (None, _) => Err(Miss::NotCacheable),
+        (None, Some(_), None) => Err(Miss::NotCached),
+        (None, None, _) => Err(Miss::NotCacheable),
     };
     match cached {
         Ok(body) => {
@@ -633,7 +662,7 @@ async fn relay(
                 buf.extend_from_slice(&chunk[..n]);
             }
             let step = decoder.step(&buf).map_err(|_| ())?;
-            if let (Some(r), Some(store)) = (recorder.as_mut(), proxy.store.borrow_mut().as_mut()) {
+            if let (Some(r), Some(store)) = (recorder.as_mut(), proxy.store_mut().as_mut()) {
                 r.feed(store, &buf[step.data.clone()]);
             }
             // Relay the bytes as framed by the apiserver.
@@ -644,7 +673,7 @@ async fn relay(
         Ok(())
     }
     .await;
-    let mut guard = proxy.store.borrow_mut();
+    let mut guard = proxy.store_mut();
     let (Some(recorder), Some(store)) = (recorder, guard.as_mut()) else {
         relayed.map_err(|()| Upstream::Broken)?;
         return Ok(keep_conn(proxy, conn, done, identity, &resp));

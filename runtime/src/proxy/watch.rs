@@ -423,8 +423,7 @@ impl Building {
                 complete: true,
             };
             let staged = proxy
-                .store
-                .borrow_mut()
+                .store_mut()
                 .as_mut()
                 .map(|s| s.stage_view(&self.key, &list));
             match staged {
@@ -444,7 +443,7 @@ impl Building {
         let (Some(staged), false) = (&self.staged, self.failed) else {
             return;
         };
-        let mut store = proxy.store.borrow_mut();
+        let mut store = proxy.store_mut();
         let Some(store) = store.as_mut() else { return };
         let kept = store.append_staged(
             staged,
@@ -465,7 +464,7 @@ impl Building {
         let Some(staged) = self.staged.take() else {
             return;
         };
-        let mut store = proxy.store.borrow_mut();
+        let mut store = proxy.store_mut();
         let Some(store) = store.as_mut() else { return };
         if self.failed {
             let _ = store.abort_staged(staged);
@@ -480,8 +479,7 @@ impl Building {
 
     /// The stream broke before the initial events were complete.
     fn abort(mut self, proxy: &Proxy) {
-        if let (Some(staged), Some(store)) = (self.staged.take(), proxy.store.borrow_mut().as_mut())
-        {
+        if let (Some(staged), Some(store)) = (self.staged.take(), proxy.store_mut().as_mut()) {
             let _ = store.abort_staged(staged);
         }
     }
@@ -566,7 +564,7 @@ async fn relist(
     // The view takes the new list before the client gets the difference,
     // so that a kill in between never leaves the client ahead of its view.
     let list_rv = list.meta.resource_version.clone();
-    if let Some(store) = proxy.store.borrow_mut().as_mut() {
+    if let Some(store) = proxy.store_mut().as_mut() {
         if let Err(e) = offline::record(store, &key, encoding, &body) {
             info!("cache: cannot record the re-list ({key}): {e}");
         }
@@ -782,7 +780,7 @@ fn record(
 ) {
     let Some(key) = &state.key else { return };
     let rv = state.resource_version.clone().unwrap_or_default();
-    let mut store = proxy.store.borrow_mut();
+    let mut store = proxy.store_mut();
     let Some(store) = store.as_mut() else { return };
     let make = || -> Option<ObjectRow> {
         let item = kube::watch_object_to_item(encoding, event.object).ok()?;
