@@ -164,4 +164,20 @@ fn main() {
         mib(hub_before),
         mib(status_kib(hub, "VmHWM:"))
     );
+
+    // Offline: the three clients list again, twice, from the cache (the
+    // answers are kept encoded in memory up to the answer cache's bound).
+    f.standin.set_down(true);
+    for _ in 0..2 {
+        for (agent, target) in lists {
+            let answer = call(f.proxy, agent, "GET", target, PROTOBUF, b"");
+            assert_eq!(answer.status, 200, "offline {target}\n{}", f.edge.logs());
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    println!(
+        "offline, the three lists answered from the cache twice: edge RSS {} (answers kept in memory: {:.1} MB)",
+        mib(status_kib(pid, "VmRSS:")),
+        metric(f.status, "tether_edge_offline_answers_bytes") as f64 / 1e6
+    );
 }
