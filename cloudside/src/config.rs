@@ -69,6 +69,21 @@ pub struct Limits {
     pub session_expiry: Duration,
 }
 
+/// kube-apiserver's egress (`[egress]`): where it sends HTTP CONNECT for
+/// kubelets and other node ports.
+#[derive(Debug, Clone)]
+pub struct Egress {
+    /// TLS listener, if any.
+    pub listen: Option<SocketAddr>,
+    /// Its serving certificate chain and key, and the CA of the client
+    /// certificates it requires (kube-apiserver's).
+    pub tls: Option<Tls>,
+    /// Unix socket listener, if any (no TLS; the socket file's mode guards it).
+    pub uds: Option<PathBuf>,
+    /// How long the edge may take to reach the port before the CONNECT fails.
+    pub connect_timeout: Duration,
+}
+
 /// Everything the hub reads from its config file.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
@@ -92,6 +107,8 @@ pub struct HubConfig {
     pub upstreams: BTreeMap<String, Upstream>,
     /// Exposed edge ports.
     pub exposes: Vec<Expose>,
+    /// kube-apiserver's egress endpoint, if configured.
+    pub egress: Option<Egress>,
 }
 
 /// Reads and checks the config file at `path`.
@@ -293,6 +310,38 @@ pub fn parse(text: &str, base: &Path) -> Result<HubConfig, Errors> {
             _ => errors.push(t.error("", "an [[expose]] needs listen, node and port")),
         }
     }
+    let egress = errors.opt(root.table("egress")).map(|mut t| {
+        let listen = addr(&mut t, "listen", &mut errors);
+        let mut path = |key: &str| errors.opt(t.str(key)).map(|p| base.join(p));
+        let (cert, key, client_ca, uds) = (path("cert"), path("key"), path("client_ca"), path("uds"));
+        let connect_timeout = errors
+            .opt(t.duration("connect_timeout"))
+            .unwrap_or(Duration::from_secs(5));
+        let tls = match (listen.is_some(), cert, key, client_ca) {
+            (false, None, None, None) => None,
+            (true, Some(cert), Some(key), Some(client_ca)) => Some(Tls {
+                cert,
+                key,
+                client_ca: Some(client_ca),
+            }),
+            _ => {
+                errors.push(t.error(
+                    "listen",
+                    "a TLS egress needs listen, cert, key and client_ca (kube-apiserver's client CA)",
+                ));
+                None
+            }
+        };
+        if listen.is_none() && uds.is_none() {
+            errors.push(t.error("", "[egress] needs listen (TLS) or uds (unix socket), or both"));
+        }
+        Egress {
+            listen,
+            tls,
+            uds,
+            connect_timeout,
+        }
+    });
     errors.take(root.finish());
     errors.into_result()?;
     if listen_link.is_none() && broker.is_none() {
@@ -313,6 +362,7 @@ pub fn parse(text: &str, base: &Path) -> Result<HubConfig, Errors> {
         session,
         upstreams,
         exposes,
+        egress,
     })
 }
 

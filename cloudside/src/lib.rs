@@ -6,6 +6,8 @@
 //! - [`links`]: the link listener: handshake under deadline, attach, drive.
 //! - [`upstream`]: streams edges open to the hub's named upstreams.
 //! - [`expose`]: cloud-side ports that reach a port on an edge.
+//! - [`egress`]: kube-apiserver's egress: HTTP CONNECT to `<node>:<port>`
+//!   becomes a stream to that port on the node.
 //! - [`broker`]: the replica's broker connection, relaying node sessions.
 //! - [`admin`]: `/healthz`, `/metrics`, `/nodes`.
 
@@ -13,6 +15,7 @@ pub mod admin;
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod egress;
 pub mod expose;
 pub mod links;
 pub mod registry;

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::rc::Rc;
 use tether_conf::cli;
-use tether_hub::{admin, auth, broker, config, expose, links};
+use tether_hub::{admin, auth, broker, config, egress, expose, links};
 
 const HELP: &str = "\
 tether-hub: the cloud end of Tether. Accepts one MQTT-framed TLS link per
@@ -73,6 +73,17 @@ CONFIG FILE (a strict TOML subset; unknown keys are errors):
     [upstream.NAME]                 Repeatable: what edges may reach, by
     address = \"10.0.0.1:6443\"       name (e.g. kube-apiserver). The hub
     connect_timeout = \"5s\"          dials only these addresses.
+
+    [egress]                        kube-apiserver's egress selector
+    listen = \"0.0.0.0:8131\"       (HTTP CONNECT <node>:<port>), over TLS
+    cert = \"egress.pem\"           that requires a client certificate
+    key = \"egress-key.pem\"        signed by client_ca (kube-apiserver's),
+    client_ca = \"apiserver-ca.pem\" and/or on a unix socket (mode 0600).
+    uds = \"/run/tether/egress.sock\"
+    connect_timeout = \"5s\"        The edge must reach the port within.
+                                    The host is the node's name: run
+                                    kube-apiserver with
+                                    --kubelet-preferred-address-types=Hostname.
 
     [[expose]]                      Repeatable: a cloud-side port that
     listen = \"127.0.0.1:2222\"       reaches a port on one edge (the edge's
@@ -170,6 +181,9 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> 
         for (l, e) in expose_listeners {
             ex.spawn(expose::serve(hub.clone(), l, e)).detach();
         }
+        if let Some(egress) = &cfg.egress {
+            start_egress(&hub, egress).await?;
+        }
         ex.spawn(links::expire_sessions(hub.clone())).detach();
         if cfg.broker.is_some() {
             ex.spawn(broker::run(hub.clone(), broker_tls)).detach();
@@ -180,6 +194,49 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> 
         }
         Ok(())
     }))
+}
+
+/// Binds kube-apiserver's egress listeners (TLS, unix socket) and serves them.
+async fn start_egress(hub: &Rc<links::Hub>, cfg: &config::Egress) -> Result<(), String> {
+    if let (Some(addr), Some(t), Some(ca)) = (
+        cfg.listen,
+        &cfg.tls,
+        cfg.tls.as_ref().and_then(|t| t.client_ca.as_deref()),
+    ) {
+        let sc = tether_link::tls::server_config_requiring_clients(&t.cert, &t.key, ca)
+            .map_err(|e| format!("egress TLS: {e}"))?;
+        let acceptor = futures_rustls::TlsAcceptor::from(std::sync::Arc::new(sc));
+        let listener = smol::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("egress.listen {addr}: {e}"))?;
+        log::info!(
+            "egress for kube-apiserver (HTTP CONNECT, TLS with client certificates) on {addr}"
+        );
+        hub.ex
+            .spawn(egress::serve_tls(
+                hub.clone(),
+                listener,
+                acceptor,
+                cfg.clone(),
+            ))
+            .detach();
+    }
+    if let Some(path) = &cfg.uds {
+        // A socket left by an earlier run would make bind fail.
+        let _ = std::fs::remove_file(path);
+        let listener = smol::net::unix::UnixListener::bind(path)
+            .map_err(|e| format!("egress.uds {}: {e}", path.display()))?;
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(|e| format!("egress.uds {}: {e}", path.display()))?;
+        log::info!(
+            "egress for kube-apiserver (HTTP CONNECT) on unix socket {}",
+            path.display()
+        );
+        hub.ex
+            .spawn(egress::serve_unix(hub.clone(), listener, cfg.clone()))
+            .detach();
+    }
+    Ok(())
 }
 
 /// Every link is a file descriptor: lift the soft limit to the hard one and

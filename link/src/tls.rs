@@ -100,6 +100,25 @@ pub fn server_config(
     key: &Path,
     client_ca: Option<&Path>,
 ) -> Result<ServerConfig, TlsError> {
+    build_server(cert, key, client_ca, false)
+}
+
+/// A TLS server that accepts only clients with a certificate signed by
+/// `client_ca` (the hub's egress endpoint: kube-apiserver's certificate).
+pub fn server_config_requiring_clients(
+    cert: &Path,
+    key: &Path,
+    client_ca: &Path,
+) -> Result<ServerConfig, TlsError> {
+    build_server(cert, key, Some(client_ca), true)
+}
+
+fn build_server(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+    required: bool,
+) -> Result<ServerConfig, TlsError> {
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError {
@@ -109,10 +128,15 @@ pub fn server_config(
     let builder = match client_ca {
         Some(ca) => {
             let verifier =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
-                    .allow_unauthenticated()
-                    .build()
-                    .map_err(|e| err(ca, format!("cannot verify clients with this CA: {e}")))?;
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider());
+            let verifier = if required {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|e| err(ca, format!("cannot verify clients with this CA: {e}")))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),

@@ -109,6 +109,37 @@ impl Pki {
         (cert_path, key_path)
     }
 
+    /// Issues a serving certificate for DNS name `name` (CN and SAN), signed by the test
+    /// CA: what a kubelet on a node presents. Returns `(certificate, key)` paths.
+    ///
+    /// # Panics
+    ///
+    /// Panics if the certificate cannot be generated or written.
+    pub fn server_cert(&self, name: &str) -> (PathBuf, PathBuf) {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.not_before = date_time_ymd(2020, 1, 1);
+        params.not_after = date_time_ymd(2099, 1, 1);
+        params.subject_alt_names = vec![SanType::DnsName(
+            name.try_into().expect("pki: a valid DNS name"),
+        )];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate().expect("pki: generate server key");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("pki: sign server certificate");
+        let n = FILE_COUNTER.fetch_add(1, Ordering::SeqCst);
+        let stem = format!("server-{}-{n}", file_safe(name));
+        let cert_path = self.dir.join(format!("{stem}.pem"));
+        let key_path = self.dir.join(format!("{stem}-key.pem"));
+        write_file(&cert_path, cert.pem().as_bytes(), 0o644);
+        write_file(&key_path, key.serialize_pem().as_bytes(), 0o600);
+        (cert_path, key_path)
+    }
+
     /// Issues a hub serving certificate from a different, freshly made CA nobody trusts.
     ///
     /// Same names as [`Pki::hub_cert`], so only the chain is wrong: an edge trusting

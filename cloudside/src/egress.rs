@@ -1,0 +1,383 @@
+//! kube-apiserver's egress: HTTP CONNECT, over TLS with client
+//! certificates or over a unix socket, as an `EgressSelectorConfiguration`
+//! with `proxyProtocol: HTTPConnect` sends it. `CONNECT <node>:<port>`
+//! becomes a stream over that node's link; the edge dials the port if its
+//! `services.allow_ports` allows it and splices. The hub only relays the
+//! bytes of the inner connection (kube-apiserver's TLS to the kubelet),
+//! never plaintext.
+//!
+//! Answers: 200 once the edge reached the port; 404 for a host no node of
+//! this hub is named; 503 for a node that is not linked; 403 for a port the
+//! edge does not allow; 502 when the edge could not connect; 504 when it did
+//! not answer within `connect_timeout`; 400/405 for anything but a CONNECT.
+
+use crate::config::Egress;
+use crate::links::Hub;
+use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_lite::FutureExt;
+use log::{debug, info, warn};
+use std::io;
+use std::rc::Rc;
+use std::time::Duration;
+use tether_link::io::splice;
+use tether_link::mux::OwnedTarget;
+use tether_link::topic::NodeName;
+
+/// Largest CONNECT head accepted.
+const MAX_HEAD: usize = 8 << 10;
+
+/// How long a client may take to send its CONNECT.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a CONNECT asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The host part: a node's name.
+    pub host: String,
+    /// The port on the node.
+    pub port: u16,
+}
+
+/// Why a request head is not a CONNECT the hub can follow: the status and
+/// the text to answer with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// HTTP status code.
+    pub status: u16,
+    /// What to tell the client.
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(status: u16, message: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads a CONNECT request head from the start of `buf`. `Ok(None)`: more
+/// bytes are needed. On success, also the length of the head (bytes after
+/// it already belong to the tunnel).
+pub fn parse_connect(buf: &[u8]) -> Result<Option<(Target, usize)>, Refusal> {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        if buf.len() > MAX_HEAD {
+            return Err(Refusal::new(431, "request head too large"));
+        }
+        return Ok(None);
+    };
+    if end > MAX_HEAD {
+        return Err(Refusal::new(431, "request head too large"));
+    }
+    let head = std::str::from_utf8(&buf[..end])
+        .map_err(|_| Refusal::new(400, "request head is not text"))?;
+    let line = head.split("\r\n").next().unwrap_or("");
+    let mut parts = line.split(' ');
+    let (method, authority, version) = (parts.next(), parts.next(), parts.next());
+    if parts.next().is_some() || !matches!(version, Some("HTTP/1.1" | "HTTP/1.0")) {
+        return Err(Refusal::new(400, "bad request line"));
+    }
+    if method != Some("CONNECT") {
+        return Err(Refusal::new(405, "only CONNECT is served here"));
+    }
+    let authority = authority.unwrap_or("");
+    let (host, port) = authority
+        .rsplit_once(':')
+        .ok_or_else(|| Refusal::new(400, format!("{authority:?} is not host:port")))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| Refusal::new(400, format!("{port:?} is not a port")))?;
+    if host.is_empty() {
+        return Err(Refusal::new(400, "empty host"));
+    }
+    Ok(Some((
+        Target {
+            host: host.to_ascii_lowercase(),
+            port,
+        },
+        end + 4,
+    )))
+}
+
+/// The answer head for `status` with a short text body.
+fn answer(status: u16, message: &str) -> Vec<u8> {
+    let reason = match status {
+        200 => "Connection established",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        _ => "Gateway Timeout",
+    };
+    if status == 200 {
+        return format!("HTTP/1.1 200 {reason}\r\n\r\n").into_bytes();
+    }
+    let body = format!("tether-hub: {message}\n");
+    format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Accepts TLS connections (client certificate required) forever.
+pub async fn serve_tls(
+    hub: Rc<Hub>,
+    listener: smol::net::TcpListener,
+    tls: futures_rustls::TlsAcceptor,
+    cfg: Egress,
+) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("egress: accept failed: {e}");
+                async_io::Timer::after(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let (hub2, tls, timeout) = (hub.clone(), tls.clone(), cfg.connect_timeout);
+        hub.ex
+            .spawn(async move {
+                let handshake = async { tls.accept(tcp).await.map(Some) }.or(async {
+                    async_io::Timer::after(HEAD_TIMEOUT).await;
+                    Ok(None)
+                });
+                match handshake.await {
+                    Ok(Some(conn)) => {
+                        let who = conn
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(|c| tether_link::tls::subject_common_name(c))
+                            .unwrap_or_else(|| peer.to_string());
+                        tunnel(hub2, conn, who, timeout).await;
+                    }
+                    Ok(None) => debug!("egress: {peer}: no TLS handshake in time"),
+                    Err(e) => debug!("egress: {peer}: TLS handshake failed: {e}"),
+                }
+            })
+            .detach();
+    }
+}
+
+/// Accepts unix-socket connections forever.
+pub async fn serve_unix(hub: Rc<Hub>, listener: smol::net::unix::UnixListener, cfg: Egress) {
+    loop {
+        let conn = match listener.accept().await {
+            Ok((c, _)) => c,
+            Err(e) => {
+                warn!("egress: accept on the unix socket failed: {e}");
+                async_io::Timer::after(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        hub.ex
+            .spawn(tunnel(
+                hub.clone(),
+                conn,
+                "unix socket".into(),
+                cfg.connect_timeout,
+            ))
+            .detach();
+    }
+}
+
+/// Serves one CONNECT: reads it, opens the stream, answers, splices.
+async fn tunnel<S>(hub: Rc<Hub>, mut conn: S, who: String, connect_timeout: Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let mut buf = Vec::new();
+    let read_head = async {
+        loop {
+            if let Some(found) = parse_connect(&buf)? {
+                return Ok(found);
+            }
+            let mut chunk = [0u8; 2048];
+            match conn.read(&mut chunk).await {
+                Ok(0) | Err(_) => return Err(Refusal::new(400, "closed before a whole request")),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+    .or(async {
+        async_io::Timer::after(HEAD_TIMEOUT).await;
+        Err(Refusal::new(400, "no request in time"))
+    });
+    let (target, used) = match read_head.await {
+        Ok(t) => t,
+        Err(refusal) => {
+            let _ = conn
+                .write_all(&answer(refusal.status, &refusal.message))
+                .await;
+            return;
+        }
+    };
+    let stream = match open(&hub, &target, connect_timeout).await {
+        Ok(s) => s,
+        Err(refusal) => {
+            info!(
+                "egress: {who} asked for {}:{}: {} {}",
+                target.host, target.port, refusal.status, refusal.message
+            );
+            let _ = conn
+                .write_all(&answer(refusal.status, &refusal.message))
+                .await;
+            return;
+        }
+    };
+    let id = stream.id();
+    info!(
+        "egress: {who} -> node {} port {} (stream {id})",
+        target.host, target.port
+    );
+    if conn.write_all(&answer(200, "")).await.is_err() {
+        return;
+    }
+    // Bytes the client sent right after its CONNECT (a TLS ClientHello)
+    // go first.
+    let early = buf.split_off(used);
+    let result = async {
+        let mut stream = stream;
+        if !early.is_empty() {
+            stream.write_all(&early).await?;
+        }
+        splice(conn, stream).await
+    }
+    .await;
+    match result {
+        Ok((a, b)) => debug!(
+            "egress: {who} -> node {} port {} (stream {id}): closed, {a} bytes in, {b} out",
+            target.host, target.port
+        ),
+        Err(e) => debug!(
+            "egress: {who} -> node {} port {} (stream {id}): {e}",
+            target.host, target.port
+        ),
+    }
+}
+
+/// Opens a stream to the target's node and port and waits for the edge
+/// to reach it.
+async fn open(
+    hub: &Hub,
+    target: &Target,
+    connect_timeout: Duration,
+) -> Result<tether_link::io::LinkStream, Refusal> {
+    let Ok(name) = NodeName::new(&target.host) else {
+        return Err(Refusal::new(
+            404,
+            format!("no node is named {:?}", target.host),
+        ));
+    };
+    let link = {
+        let reg = hub.registry.borrow();
+        match reg.nodes.get(&name) {
+            None => {
+                return Err(Refusal::new(
+                    404,
+                    format!("no node of this hub is named {:?}", target.host),
+                ))
+            }
+            Some(n) if !n.linked => {
+                return Err(Refusal::new(
+                    503,
+                    format!("node {} is not linked", target.host),
+                ))
+            }
+            Some(n) => n.link.clone(),
+        }
+    };
+    let stream = link
+        .open(OwnedTarget::Port(target.port))
+        .map_err(|e| Refusal::new(503, format!("node {}: {e}", target.host)))?;
+    let accepted = async { Some(stream.accepted().await) }.or(async {
+        async_io::Timer::after(connect_timeout).await;
+        None
+    });
+    match accepted.await {
+        Some(Ok(())) => Ok(stream),
+        Some(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => Err(Refusal::new(
+            403,
+            format!(
+                "node {} does not allow port {}: {e}",
+                target.host, target.port
+            ),
+        )),
+        Some(Err(e)) => Err(Refusal::new(
+            502,
+            format!(
+                "node {} could not reach port {}: {e}",
+                target.host, target.port
+            ),
+        )),
+        None => Err(Refusal::new(
+            504,
+            format!(
+                "node {} did not reach port {} within {connect_timeout:?}",
+                target.host, target.port
+            ),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_heads() {
+        let head = b"CONNECT edge-1:10250 HTTP/1.1\r\nHost: edge-1:10250\r\n\r\n\x16\x03\x01";
+        let (target, used) = parse_connect(head).expect("valid").expect("whole");
+        assert_eq!(
+            target,
+            Target {
+                host: "edge-1".into(),
+                port: 10250
+            }
+        );
+        assert_eq!(&head[used..], b"\x16\x03\x01");
+        assert_eq!(
+            parse_connect(b"CONNECT edge-1:10250 HTTP/1.1\r\n"),
+            Ok(None)
+        );
+        for (bad, status) in [
+            (&b"GET / HTTP/1.1\r\n\r\n"[..], 405),
+            (b"CONNECT edge-1 HTTP/1.1\r\n\r\n", 400),
+            (b"CONNECT edge-1:0 HTTP/1.1\r\n\r\n", 400),
+            (b"CONNECT edge-1:99999 HTTP/1.1\r\n\r\n", 400),
+            (b"CONNECT :10250 HTTP/1.1\r\n\r\n", 400),
+            (b"CONNECT edge-1:10250 SPDY/3\r\n\r\n", 400),
+            (b"CONNECT a b:1 HTTP/1.1\r\n\r\n", 400),
+        ] {
+            assert_eq!(
+                parse_connect(bad).map_err(|r| r.status),
+                Err(status),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let huge = vec![b'a'; MAX_HEAD + 1];
+        assert_eq!(parse_connect(&huge).map_err(|r| r.status), Err(431));
+    }
+
+    #[test]
+    fn answers_are_http() {
+        assert_eq!(
+            answer(200, ""),
+            b"HTTP/1.1 200 Connection established\r\n\r\n"
+        );
+        let refused = String::from_utf8(answer(404, "no node")).expect("text");
+        assert!(refused.starts_with("HTTP/1.1 404 Not Found\r\n"));
+        assert!(refused.ends_with("\r\n\r\ntether-hub: no node\n"));
+    }
+}
