@@ -102,6 +102,52 @@ pub fn parse_connect(buf: &[u8]) -> Result<Option<(Target, usize)>, Refusal> {
     )))
 }
 
+/// What kube-apiserver needs to use this egress: the
+/// `EgressSelectorConfiguration` (v1beta1, as kube-apiserver 1.24 reads it)
+/// for the `cluster` egress, and its flags. `tether-hub egress-config`
+/// prints it.
+pub fn selector_config(cfg: &Egress) -> String {
+    let mut out = String::from(
+        "# kube-apiserver's egress through tether-hub: save as\n\
+         # /etc/kubernetes/egress-selector.yaml and start kube-apiserver with\n\
+         #   --egress-selector-config-file=/etc/kubernetes/egress-selector.yaml\n\
+         #   --kubelet-preferred-address-types=Hostname\n\
+         # (the hub finds a node by the host of each CONNECT: its name).\n\
+         apiVersion: apiserver.k8s.io/v1beta1\n\
+         kind: EgressSelectorConfiguration\n\
+         egressSelections:\n\
+         - name: cluster\n  \
+           connection:\n    \
+             proxyProtocol: HTTPConnect\n    \
+             transport:\n",
+    );
+    match (&cfg.uds, cfg.listen) {
+        (Some(path), _) => {
+            out.push_str(&format!(
+                "      uds:\n        udsName: {}\n",
+                path.display()
+            ));
+        }
+        (None, Some(addr)) => {
+            let host = if addr.ip().is_unspecified() {
+                format!("HUB-HOST:{}", addr.port())
+            } else {
+                addr.to_string()
+            };
+            out.push_str(&format!(
+                "      tcp:\n        url: https://{host}\n        tlsConfig:\n          \
+                 # the CA that signed the hub's egress certificate\n          \
+                 caBundle: /etc/kubernetes/pki/tether-hub-ca.crt\n          \
+                 # a client certificate signed by the hub's [egress] client_ca\n          \
+                 clientCert: /etc/kubernetes/pki/tether-egress-client.crt\n          \
+                 clientKey: /etc/kubernetes/pki/tether-egress-client.key\n"
+            ));
+        }
+        (None, None) => {}
+    }
+    out
+}
+
 /// The answer head for `status` with a short text body.
 fn answer(status: u16, message: &str) -> Vec<u8> {
     let reason = match status {
@@ -368,6 +414,26 @@ mod tests {
         }
         let huge = vec![b'a'; MAX_HEAD + 1];
         assert_eq!(parse_connect(&huge).map_err(|r| r.status), Err(431));
+    }
+
+    #[test]
+    fn selector_configs() {
+        let tcp = Egress {
+            listen: Some("0.0.0.0:8131".parse().expect("addr")),
+            tls: None,
+            uds: None,
+            connect_timeout: Duration::from_secs(5),
+        };
+        let text = selector_config(&tcp);
+        assert!(text.contains("kind: EgressSelectorConfiguration\n"));
+        assert!(text.contains("- name: cluster\n  connection:\n    proxyProtocol: HTTPConnect\n    transport:\n      tcp:\n        url: https://HUB-HOST:8131\n"));
+        assert!(text.contains("--kubelet-preferred-address-types=Hostname"));
+        let uds = Egress {
+            uds: Some("/run/tether/egress.sock".into()),
+            ..tcp
+        };
+        assert!(selector_config(&uds)
+            .contains("      uds:\n        udsName: /run/tether/egress.sock\n"));
     }
 
     #[test]

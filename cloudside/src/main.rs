@@ -13,12 +13,15 @@ edge node, authenticates it, and relays the streams it carries.
 USAGE:
     tether-hub [run] [--config FILE] [--log-level LEVEL]
     tether-hub check-config FILE
+    tether-hub egress-config [--config FILE]
     tether-hub --help | --version
 
 COMMANDS:
     run             Run the hub (the default).
     check-config    Check a config file, print every error with its line
                     and key, exit 0 if valid, 1 if not.
+    egress-config   Print the EgressSelectorConfiguration and the flags
+                    kube-apiserver needs to use the hub's [egress].
 
 OPTIONS:
     -c, --config FILE      Config file [default: /etc/tether/hub.toml]
@@ -97,8 +100,19 @@ fn main() -> ExitCode {
         version: env!("CARGO_PKG_VERSION"),
         help: HELP,
         default_config: "/etc/tether/hub.toml",
+        reports: &["egress-config"],
     };
-    cli::main(program, |path| config::load(path).map(|_| ()), run)
+    cli::main(program, |path| config::load(path).map(|_| ()), run, report)
+}
+
+/// `egress-config`: what kube-apiserver needs to use the hub's egress.
+fn report(name: &str, path: &std::path::Path) -> Result<String, String> {
+    let cfg = config::load(path)?;
+    match (name, &cfg.egress) {
+        ("egress-config", Some(e)) => Ok(egress::selector_config(e)),
+        ("egress-config", None) => Err(format!("{}: no [egress] table", path.display())),
+        (other, _) => Err(format!("unknown report {other:?}")),
+    }
 }
 
 fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> {

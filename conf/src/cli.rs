@@ -1,6 +1,8 @@
 //! The command line both programs share: `run` (the default) or
 //! `check-config FILE`, with `--config`, `--log-level`, `--help` and
-//! `--version`. Each program brings its own help text and default path.
+//! `--version`, plus a program's own reports (commands that print
+//! something derived from its config, such as `tether-hub egress-config`).
+//! Each program brings its own help text and default path.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -16,6 +18,8 @@ pub struct Program<'a> {
     pub help: &'a str,
     /// The config file used without `--config`.
     pub default_config: &'a str,
+    /// The program's report commands.
+    pub reports: &'a [&'a str],
 }
 
 /// The whole `main` of both programs: parses the command line, prints help
@@ -25,10 +29,11 @@ pub fn main(
     program: Program<'_>,
     check: impl FnOnce(&Path) -> Result<(), String>,
     run: impl FnOnce(&Path, Option<String>) -> Result<(), String>,
+    report: impl FnOnce(&str, &Path) -> Result<String, String>,
 ) -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let name = program.name;
-    match parse(&args, program.default_config) {
+    match parse(&args, program.default_config, program.reports) {
         Err(e) => {
             eprintln!("{name}: {e}\nTry '{name} --help'.");
             ExitCode::from(2)
@@ -48,6 +53,19 @@ pub fn main(
             }
             Err(e) => {
                 eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(Command::Report {
+            name: which,
+            config,
+        }) => match report(&which, &config) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{name}: {e}");
                 ExitCode::FAILURE
             }
         },
@@ -73,6 +91,13 @@ pub enum Command {
     },
     /// Check a config file and exit.
     Check(PathBuf),
+    /// Print the report `name` derived from the config file and exit.
+    Report {
+        /// Which report.
+        name: String,
+        /// The config file.
+        config: PathBuf,
+    },
     /// Print the help text.
     Help,
     /// Print the version.
@@ -80,11 +105,13 @@ pub enum Command {
 }
 
 /// Parses the arguments after the program name. `default_config` is used
-/// without `--config`. The error is a line for the user.
-pub fn parse(args: &[String], default_config: &str) -> Result<Command, String> {
+/// without `--config`; `reports` are the program's report commands. The
+/// error is a line for the user.
+pub fn parse(args: &[String], default_config: &str, reports: &[&str]) -> Result<Command, String> {
     let mut config = PathBuf::from(default_config);
     let mut log_level = None;
     let mut check = false;
+    let mut report = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -99,11 +126,14 @@ pub fn parse(args: &[String], default_config: &str) -> Result<Command, String> {
             "--log-level" => {
                 log_level = Some(it.next().ok_or("--log-level needs a LEVEL")?.clone())
             }
+            other if reports.contains(&other) => report = Some(other.to_owned()),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
     Ok(if check {
         Command::Check(config)
+    } else if let Some(name) = report {
+        Command::Report { name, config }
     } else {
         Command::Run { config, log_level }
     })
@@ -132,7 +162,7 @@ mod tests {
     #[test]
     fn commands() {
         assert_eq!(
-            parse(&args(&[]), "/etc/x.toml"),
+            parse(&args(&[]), "/etc/x.toml", &[]),
             Ok(Command::Run {
                 config: "/etc/x.toml".into(),
                 log_level: None
@@ -141,7 +171,8 @@ mod tests {
         assert_eq!(
             parse(
                 &args(&["run", "-c", "a.toml", "--log-level", "debug"]),
-                "/etc/x.toml"
+                "/etc/x.toml",
+                &[]
             ),
             Ok(Command::Run {
                 config: "a.toml".into(),
@@ -149,14 +180,26 @@ mod tests {
             })
         );
         assert_eq!(
-            parse(&args(&["check-config", "b.toml"]), "x"),
+            parse(&args(&["check-config", "b.toml"]), "x", &[]),
             Ok(Command::Check("b.toml".into()))
         );
-        assert_eq!(parse(&args(&["--help"]), "x"), Ok(Command::Help));
-        assert_eq!(parse(&args(&["-V"]), "x"), Ok(Command::Version));
-        assert!(parse(&args(&["--config"]), "x").is_err());
-        assert!(parse(&args(&["check-config"]), "x").is_err());
-        assert!(parse(&args(&["--frobnicate"]), "x").is_err());
+        assert_eq!(parse(&args(&["--help"]), "x", &[]), Ok(Command::Help));
+        assert_eq!(parse(&args(&["-V"]), "x", &[]), Ok(Command::Version));
+        assert!(parse(&args(&["--config"]), "x", &[]).is_err());
+        assert!(parse(&args(&["check-config"]), "x", &[]).is_err());
+        assert!(parse(&args(&["--frobnicate"]), "x", &[]).is_err());
+        assert_eq!(
+            parse(
+                &args(&["egress-config", "-c", "h.toml"]),
+                "x",
+                &["egress-config"]
+            ),
+            Ok(Command::Report {
+                name: "egress-config".into(),
+                config: "h.toml".into()
+            })
+        );
+        assert!(parse(&args(&["egress-config"]), "x", &[]).is_err());
     }
 
     #[test]

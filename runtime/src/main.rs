@@ -107,8 +107,14 @@ fn main() -> ExitCode {
         version: env!("CARGO_PKG_VERSION"),
         help: HELP,
         default_config: "/etc/tether/edge.toml",
+        reports: &[],
     };
-    cli::main(program, |path| config::load(path).map(|_| ()), run)
+    cli::main(
+        program,
+        |path| config::load(path).map(|_| ()),
+        run,
+        |name, _| Err(format!("unknown report {name:?}")),
+    )
 }
 
 fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> {

@@ -38,6 +38,8 @@ fn help_lists_every_section() {
         "[limits]",
         "[broker]",
         "[upstream.NAME]",
+        "[egress]",
+        "egress-config",
         "[[expose]]",
     ] {
         assert!(out.contains(key), "hub --help lacks {key}");
@@ -79,4 +81,34 @@ fn bad_arguments_and_files_fail_clearly() {
     let (code, _, err) = run("tether-hub", &["--config", "/nonexistent/hub.toml"]);
     assert_eq!(code, 1);
     assert!(err.contains("/nonexistent/hub.toml: cannot read"), "{err}");
+}
+
+#[test]
+fn the_hub_prints_kube_apiservers_egress_config() {
+    let pki = Pki::new();
+    let config = pki.write(
+        "egress-hub.toml",
+        "[listen]\nlink = \"127.0.0.1:7443\"\n[tls]\ncert = \"hub.pem\"\nkey = \"hub-key.pem\"\n[auth]\ntoken_file = \"tokens\"\n[egress]\nlisten = \"10.0.0.5:8131\"\ncert = \"hub.pem\"\nkey = \"hub-key.pem\"\nclient_ca = \"ca.pem\"\n",
+    );
+    let config = config.to_string_lossy().into_owned();
+    let (code, out, err) = run("tether-hub", &["egress-config", "--config", &config]);
+    assert_eq!(code, 0, "{err}");
+    for line in [
+        "kind: EgressSelectorConfiguration",
+        "proxyProtocol: HTTPConnect",
+        "url: https://10.0.0.5:8131",
+        "--egress-selector-config-file=",
+        "--kubelet-preferred-address-types=Hostname",
+    ] {
+        assert!(out.contains(line), "{line} missing from\n{out}");
+    }
+    // Without an [egress] there is nothing to print, and it says so.
+    let plain = pki.write(
+        "plain-hub.toml",
+        "[listen]\nlink = \"127.0.0.1:7443\"\n[tls]\ncert = \"hub.pem\"\nkey = \"hub-key.pem\"\n[auth]\ntoken_file = \"tokens\"\n",
+    );
+    let plain = plain.to_string_lossy().into_owned();
+    let (code, _, err) = run("tether-hub", &["egress-config", "-c", &plain]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no [egress]"), "{err}");
 }
