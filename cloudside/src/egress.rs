@@ -265,6 +265,7 @@ where
             let _ = conn
                 .write_all(&answer(refusal.status, &refusal.message))
                 .await;
+            let _ = conn.flush().await;
             return;
         }
     };
@@ -278,6 +279,7 @@ where
             let _ = conn
                 .write_all(&answer(refusal.status, &refusal.message))
                 .await;
+            let _ = conn.flush().await;
             return;
         }
     };
@@ -286,7 +288,7 @@ where
         "egress: {who} -> node {} port {} (stream {id})",
         target.host, target.port
     );
-    if conn.write_all(&answer(200, "")).await.is_err() {
+    if conn.write_all(&answer(200, "")).await.is_err() || conn.flush().await.is_err() {
         return;
     }
     // Bytes the client sent right after its CONNECT (a TLS ClientHello)
