@@ -119,6 +119,10 @@ pub fn metrics(reg: &Registry) -> String {
     for (label, n) in &c.dropped {
         let _ = writeln!(m, "tether_hub_dropped_total{{reason=\"{label}\"}} {n}");
     }
+    let _ = writeln!(m, "# HELP tether_hub_egress_total kube-apiserver's CONNECTs through the egress, by outcome.\n# TYPE tether_hub_egress_total counter");
+    for (label, n) in &c.egress {
+        let _ = writeln!(m, "tether_hub_egress_total{{result=\"{label}\"}} {n}");
+    }
     let mut nodes: Vec<_> = reg.nodes.iter().collect();
     nodes.sort_by(|a, b| a.0.cmp(b.0));
     let series: [(&str, &str, &str); 5] = [

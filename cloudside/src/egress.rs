@@ -148,6 +148,18 @@ pub fn selector_config(cfg: &Egress) -> String {
     out
 }
 
+/// The metric label of a refused CONNECT.
+fn outcome(status: u16) -> &'static str {
+    match status {
+        403 => "port_not_allowed",
+        404 => "unknown_node",
+        502 => "connect_failed",
+        503 => "node_not_linked",
+        504 => "timeout",
+        _ => "bad_request",
+    }
+}
+
 /// The answer head for `status` with a short text body.
 fn answer(status: u16, message: &str) -> Vec<u8> {
     let reason = match status {
@@ -262,6 +274,7 @@ where
     let (target, used) = match read_head.await {
         Ok(t) => t,
         Err(refusal) => {
+            hub.registry.borrow_mut().egress(outcome(refusal.status));
             let _ = conn
                 .write_all(&answer(refusal.status, &refusal.message))
                 .await;
@@ -270,8 +283,12 @@ where
         }
     };
     let stream = match open(&hub, &target, connect_timeout).await {
-        Ok(s) => s,
+        Ok(s) => {
+            hub.registry.borrow_mut().egress("tunnelled");
+            s
+        }
         Err(refusal) => {
+            hub.registry.borrow_mut().egress(outcome(refusal.status));
             info!(
                 "egress: {who} asked for {}:{}: {} {}",
                 target.host, target.port, refusal.status, refusal.message

@@ -38,6 +38,8 @@ pub struct Counters {
     pub refused: BTreeMap<&'static str, u64>,
     /// Connections dropped before or at CONNECT by reason label.
     pub dropped: BTreeMap<&'static str, u64>,
+    /// Egress CONNECTs by outcome label (`tunnelled`, or why not).
+    pub egress: BTreeMap<&'static str, u64>,
 }
 
 /// All nodes and counters.
@@ -60,6 +62,11 @@ impl Registry {
     /// Counts a refusal.
     pub fn refused(&mut self, label: &'static str) {
         *self.counters.refused.entry(label).or_default() += 1;
+    }
+
+    /// Counts an egress CONNECT's outcome.
+    pub fn egress(&mut self, label: &'static str) {
+        *self.counters.egress.entry(label).or_default() += 1;
     }
 
     /// Counts a connection dropped before a link formed.
