@@ -6,8 +6,12 @@
 //! bytes of the inner connection (kube-apiserver's TLS to the kubelet),
 //! never plaintext.
 //!
-//! Answers: 200 once the edge reached the port; 404 for a host no node of
-//! this hub is named; 503 for a node that is not linked; 403 for a port the
+//! The host is a node's name, or an address a node reports in its Node
+//! status (the edge tells the hub, see `upstream`).
+//!
+//! Answers: 200 once the edge reached the port; 404 for a host that is no
+//! node's name or reported address; 502 for an address several nodes
+//! report; 503 for a node that is not linked; 403 for a port the
 //! edge does not allow; 502 when the edge could not connect; 504 when it did
 //! not answer within `connect_timeout`; 400/405 for anything but a CONNECT.
 
@@ -338,29 +342,49 @@ async fn open(
     target: &Target,
     connect_timeout: Duration,
 ) -> Result<tether_link::io::LinkStream, Refusal> {
-    let Ok(name) = NodeName::new(&target.host) else {
-        return Err(Refusal::new(
-            404,
-            format!("no node is named {:?}", target.host),
-        ));
-    };
     let link = {
         let reg = hub.registry.borrow();
-        match reg.nodes.get(&name) {
+        // By name first; else by an address a node reports in its status.
+        let by_name = NodeName::new(&target.host)
+            .ok()
+            .and_then(|name| reg.nodes.get(&name));
+        let found = match by_name {
+            Some(n) => n,
             None => {
-                return Err(Refusal::new(
-                    404,
-                    format!("no node of this hub is named {:?}", target.host),
-                ))
+                let mut owners = reg
+                    .nodes
+                    .values()
+                    .filter(|n| n.addresses.contains(&target.host));
+                match (owners.next(), owners.next()) {
+                    (Some(n), None) => n,
+                    (Some(_), Some(_)) => {
+                        return Err(Refusal::new(
+                            502,
+                            format!(
+                                "several nodes report the address {:?}: ask for the node by name",
+                                target.host
+                            ),
+                        ))
+                    }
+                    (None, _) => {
+                        return Err(Refusal::new(
+                            404,
+                            format!(
+                                "no node of this hub is named {:?} or reports that address",
+                                target.host
+                            ),
+                        ))
+                    }
+                }
             }
-            Some(n) if !n.linked => {
-                return Err(Refusal::new(
-                    503,
-                    format!("node {} is not linked", target.host),
-                ))
-            }
-            Some(n) => n.link.clone(),
+        };
+        if !found.linked {
+            return Err(Refusal::new(
+                503,
+                format!("node of {} is not linked", target.host),
+            ));
         }
+        found.link.clone()
     };
     let stream = link
         .open(OwnedTarget::Port(target.port))

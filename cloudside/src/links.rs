@@ -342,6 +342,7 @@ pub fn node_entry<'r>(
             remote: None,
             auth,
             server: Some(server),
+            addresses: Vec::new(),
         }
     })
 }

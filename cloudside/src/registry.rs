@@ -25,6 +25,8 @@ pub struct Node {
     pub auth: &'static str,
     /// Serves the streams this node opens; dropped with the session.
     pub server: Option<smol::Task<()>>,
+    /// The addresses of its Node status, as the edge last reported them.
+    pub addresses: Vec<String>,
 }
 
 /// Hub-wide counters, for /metrics.

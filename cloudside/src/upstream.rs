@@ -11,7 +11,7 @@ use smol::net::TcpStream;
 use std::rc::Rc;
 use tether_link::frame::ResetCode;
 use tether_link::io::{splice, Link, LinkStream};
-use tether_link::mux::OwnedTarget;
+use tether_link::mux::{OwnedTarget, ADDRESSES_MAX, ADDRESSES_UPSTREAM};
 use tether_link::session::Event;
 use tether_link::topic::NodeName;
 
@@ -35,6 +35,11 @@ pub async fn serve(hub: Rc<Hub>, node: NodeName, link: Link) {
         loop {
             let (stream, target) = link.accept().await;
             match target {
+                OwnedTarget::Upstream(name) if name == ADDRESSES_UPSTREAM => {
+                    hub.ex
+                        .spawn(addresses(hub.clone(), node.clone(), stream))
+                        .detach();
+                }
                 OwnedTarget::Upstream(name) => {
                     hub.ex
                         .spawn(relay(hub.clone(), node.clone(), stream, name))
@@ -47,6 +52,50 @@ pub async fn serve(hub: Rc<Hub>, node: NodeName, link: Link) {
         }
     };
     events.or(streams).await
+}
+
+/// Reads a node's addresses (one per line) for the egress to find it by.
+async fn addresses(hub: Rc<Hub>, node: NodeName, mut stream: LinkStream) {
+    use futures_lite::io::AsyncReadExt;
+    use futures_lite::FutureExt;
+    stream.accept();
+    let mut text = Vec::new();
+    let read = async {
+        let mut chunk = [0u8; 512];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) => return true,
+                Ok(n) if text.len() + n <= ADDRESSES_MAX => text.extend_from_slice(&chunk[..n]),
+                _ => return false,
+            }
+        }
+    }
+    .or(async {
+        async_io::Timer::after(std::time::Duration::from_secs(10)).await;
+        false
+    });
+    if !read.await {
+        debug!("node {node}: address announcement too long, broken or slow; ignored");
+        return;
+    }
+    let list: Vec<String> = String::from_utf8_lossy(&text)
+        .lines()
+        .map(str::trim)
+        .filter(|a| {
+            !a.is_empty()
+                && a.len() <= 253
+                && a.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b':' | b'-'))
+        })
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let mut reg = hub.registry.borrow_mut();
+    if let Some(n) = reg.nodes.get_mut(&node) {
+        if n.addresses != list {
+            info!("node {node} reports addresses {list:?}");
+            n.addresses = list;
+        }
+    }
 }
 
 async fn relay(hub: Rc<Hub>, node: NodeName, stream: LinkStream, name: String) {

@@ -44,6 +44,15 @@ pub enum Side {
     Hub,
 }
 
+/// The upstream name an edge opens a stream to in order to tell the hub its
+/// node's addresses (from its Node status), one per line, at most
+/// [`ADDRESSES_MAX`] bytes; the hub reads them and closes the stream. No
+/// configured upstream can have this name (config keys have no `:`).
+pub const ADDRESSES_UPSTREAM: &str = "tether:node-addresses";
+
+/// Largest address announcement accepted.
+pub const ADDRESSES_MAX: usize = 4096;
+
 /// An owned copy of a [`Target`], for events that outlive the frame.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum OwnedTarget {

@@ -12,6 +12,7 @@
 //! - [`services`]: streams the hub opens towards local ports the config allows.
 //! - [`shutdown`]: SIGTERM/SIGINT end the link with a DISCONNECT.
 //! - [`status`]: `/healthz` and `/metrics` of the edge.
+//! - [`announce`]: tells the hub the addresses of this node's Node status.
 //! - [`apiclient`]: HTTPS connections to kube-apiserver with the node's
 //!   credentials, through the link or direct.
 //! - [`http`]: sans-IO HTTP/1.1 codec (heads, body framing, chunked) for
@@ -22,6 +23,7 @@
 //! - [`kube`]: sans-IO parsing of kube-apiserver responses (JSON and
 //!   protobuf): object metadata, lists, watch streams, Status.
 
+pub mod announce;
 pub mod apiclient;
 pub mod cache;
 pub mod config;

@@ -158,6 +158,17 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> 
             ex.spawn(tether_edge::memory::watch(budget.clone()))
                 .detach();
             let (p, listener) = start_proxy(&cfg, api, &link, budget).await?;
+            // The addresses of this node's Node status go to the hub, for
+            // kube-apiserver's egress to find the node by.
+            let (announce_ex, announce_link) = (ex.clone(), link.clone());
+            p.announce_addresses(cfg.node.as_str(), move |addresses| {
+                announce_ex
+                    .spawn(tether_edge::announce::addresses(
+                        announce_link.clone(),
+                        addresses,
+                    ))
+                    .detach();
+            });
             ex.spawn(tether_edge::proxy::serve(ex.clone(), p.clone(), listener))
                 .detach();
             proxy = Some(p);

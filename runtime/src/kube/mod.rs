@@ -11,6 +11,7 @@ use std::fmt;
 pub mod json;
 pub mod list_stream;
 pub mod meta;
+pub mod node;
 pub mod pb;
 pub mod request;
 pub mod token;

@@ -81,7 +81,21 @@ pub struct Proxy {
     budget: Rc<Budget>,
     /// Offline answers kept encoded; emptied by every write to the store.
     answers: RefCell<answers::Answers>,
+    /// Where the addresses of this node's Node status go.
+    announcer: RefCell<Option<Announcer>>,
 }
+
+/// Passes the addresses in this node's Node status on, when they change
+/// and at least every [`ANNOUNCE_EVERY`] (a restarted hub forgets them).
+struct Announcer {
+    node: String,
+    last: Vec<String>,
+    sent: Option<Instant>,
+    send: Box<dyn Fn(Vec<String>)>,
+}
+
+/// How often unchanged addresses are told again.
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(60);
 
 /// Why kube-apiserver is out of reach: the reason a cached answer was
 /// served, for logs and metrics.
@@ -177,6 +191,7 @@ impl Proxy {
             record_buffer,
             budget,
             answers: RefCell::new(answers::Answers::new(answer_cache)),
+            announcer: RefCell::new(None),
         }
     }
 
@@ -190,6 +205,43 @@ impl Proxy {
     fn store_mut(&self) -> std::cell::RefMut<'_, Option<Store>> {
         self.answers.borrow_mut().clear();
         self.store.borrow_mut()
+    }
+
+    /// Hands `send` the addresses of node `node`'s status whenever an
+    /// answer with its Node object shows them changed (and every minute).
+    pub fn announce_addresses(&self, node: &str, send: impl Fn(Vec<String>) + 'static) {
+        *self.announcer.borrow_mut() = Some(Announcer {
+            node: node.to_owned(),
+            last: Vec::new(),
+            sent: None,
+            send: Box::new(send),
+        });
+    }
+
+    /// Whether `key` is this node's own Node object.
+    fn is_own_node(&self, key: &ViewKey) -> bool {
+        key.resource == "v1/nodes"
+            && self
+                .announcer
+                .borrow()
+                .as_ref()
+                .is_some_and(|a| a.node == key.name)
+    }
+
+    /// This node's Node object came by: pass its addresses on if due.
+    fn node_seen(&self, encoding: crate::kube::Encoding, body: &[u8]) {
+        let Ok(addresses) = crate::kube::node::addresses(encoding, body) else {
+            return;
+        };
+        let mut announcer = self.announcer.borrow_mut();
+        let Some(a) = announcer.as_mut() else { return };
+        let due = a.sent.is_none_or(|t| t.elapsed() >= ANNOUNCE_EVERY);
+        if addresses.is_empty() || (addresses == a.last && !due) {
+            return;
+        }
+        a.last = addresses.clone();
+        a.sent = Some(Instant::now());
+        (a.send)(addresses);
     }
 
     /// Bytes of offline answers kept in memory.
@@ -682,6 +734,10 @@ async fn relay(
         recorder.abort(store);
         return Err(Upstream::Broken);
     }
+    // This node's own Node object tells where the node can be reached.
+    let own_node = key
+        .filter(|k| proxy.is_own_node(k))
+        .and_then(|_| recorder.buffered().map(<[u8]>::to_vec));
     match recorder.finish(store) {
         Ok(true) => {
             proxy.counters.borrow_mut().recorded += 1;
@@ -692,6 +748,10 @@ async fn relay(
             "not cached ({}): {e}",
             key.map_or(String::new(), |k| k.to_string())
         ),
+    }
+    drop(guard);
+    if let Some(body) = own_node {
+        proxy.node_seen(api.encoding, &body);
     }
     Ok(keep_conn(proxy, conn, done, identity, &resp))
 }

@@ -192,6 +192,14 @@ impl Recorder {
         }
     }
 
+    /// The whole answer, while it is held in memory (not streamed).
+    pub fn buffered(&self) -> Option<&[u8]> {
+        match &self.state {
+            State::Buffer(body) => Some(body),
+            _ => None,
+        }
+    }
+
     /// The answer broke off: drops whatever was staged.
     pub fn abort(mut self, store: &mut Store) {
         self.stop(store);
