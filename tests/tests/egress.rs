@@ -4,24 +4,30 @@
 //! stand-in kubelet on the board, end to end: it sees the kubelet's own
 //! certificate, never the hub's. Also: log streaming, an interactive
 //! session with half-close, and the clear errors for an unknown node and a
-//! port the edge does not allow.
+//! port the edge does not allow. And the figures of issue 4, all end to
+//! end on loopback: 200 MB through one tunnel, 1,000 tunnels at once on one
+//! link, and a tunnel across a link cut (it carries on) and across an edge
+//! restart (it ends with an error at once, never hangs).
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, ServerConnection, StreamOwned};
-use tether_tests::cluster::{start_edge, start_hub, wait_linked, EdgeAuth, Transport};
+use tether_tests::cluster::{node_field, start_edge, start_hub, wait_linked, EdgeAuth, Transport};
+use tether_tests::faultproxy::FaultProxy;
 use tether_tests::pki::Pki;
 use tether_tests::procs::free_port;
 
 const WAIT: Duration = Duration::from_secs(30);
 
 /// A stand-in kubelet: TLS with its own certificate. `GET /containerLogs`
-/// streams three log lines and closes; anything else is echoed until the
-/// client half-closes, then answered with `bye` and closed.
+/// streams three log lines and closes; `GET /bulk` sends [`BULK`] bytes of
+/// [`pattern`] and closes; `GET /slowlogs` sends [`SLOW_LINES`] numbered
+/// lines, one every [`SLOW_EVERY`], and closes; anything else is echoed
+/// until the client half-closes, then answered with `bye` and closed.
 fn start_kubelet(pki: &Pki) -> SocketAddr {
     let (cert, key) = pki.server_cert("edge-1");
     let config = tether_link::tls::server_config(&cert, &key, None).expect("kubelet TLS");
@@ -42,6 +48,33 @@ fn start_kubelet(pki: &Pki) -> SocketAddr {
                         let _ = tls.write_all(format!("log line {i}\n").as_bytes());
                         let _ = tls.flush();
                         std::thread::sleep(Duration::from_millis(50));
+                    }
+                } else if first[..n].starts_with(b"GET /bulk") {
+                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {BULK}\r\n\r\n");
+                    if tls.write_all(head.as_bytes()).is_err() {
+                        return;
+                    }
+                    let block = pattern();
+                    let mut sent = 0u64;
+                    while sent < BULK {
+                        let at = (sent % block.len() as u64) as usize;
+                        let len = (block.len() - at).min((BULK - sent) as usize);
+                        if tls.write_all(&block[at..at + len]).is_err() {
+                            return;
+                        }
+                        sent += len as u64;
+                    }
+                } else if first[..n].starts_with(b"GET /slowlogs") {
+                    let _ = tls.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n");
+                    for i in 0..SLOW_LINES {
+                        if tls
+                            .write_all(format!("log line {i:04}\n").as_bytes())
+                            .and_then(|()| tls.flush())
+                            .is_err()
+                        {
+                            return;
+                        }
+                        std::thread::sleep(SLOW_EVERY);
                     }
                 } else {
                     let _ = tls.write_all(&first[..n]);
@@ -65,15 +98,50 @@ fn start_kubelet(pki: &Pki) -> SocketAddr {
     addr
 }
 
+/// Size of the bulk answer: 200 MB.
+const BULK: u64 = 200_000_000;
+
+/// Lines of the slow log stream, and the pause after each.
+const SLOW_LINES: usize = 120;
+const SLOW_EVERY: Duration = Duration::from_millis(25);
+
+/// The bulk answer repeats this block. Its length is a prime, so it lines
+/// up with no TLS record or link frame size: a chunk lost, duplicated or
+/// reordered anywhere shows up as a mismatch.
+fn pattern() -> Vec<u8> {
+    let mut x: u32 = 0x9e37_79b9;
+    (0..65_521)
+        .map(|_| {
+            // xorshift32
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
 struct Setup {
-    _edge: tether_tests::procs::Proc,
+    edge: tether_tests::procs::Proc,
     hub: tether_tests::cluster::Hub,
     egress: SocketAddr,
     kubelet: SocketAddr,
     pki: Pki,
+    /// Between edge and hub, if the test asked for one.
+    proxy: Option<FaultProxy>,
+    /// Where the edge links to, and its extra config (to start it again).
+    edge_link: SocketAddr,
+    edge_cfg: String,
 }
 
 fn setup() -> Setup {
+    setup_with(false)
+}
+
+/// Hub with the egress endpoint, a stand-in kubelet, and an edge that
+/// allows the kubelet's port; with `through_proxy`, the edge links through
+/// a [`FaultProxy`] and reconnects quickly after a cut.
+fn setup_with(through_proxy: bool) -> Setup {
     let pki = Pki::new();
     let kubelet = start_kubelet(&pki);
     let egress: SocketAddr = ([127, 0, 0, 1], free_port()).into();
@@ -88,21 +156,33 @@ fn setup() -> Setup {
             pki.ca.display()
         ),
     );
+    let proxy = through_proxy.then(|| FaultProxy::start(hub.link).expect("proxy"));
+    let (link, link_cfg) = match &proxy {
+        Some(p) => (
+            p.addr(),
+            "[link]\nkeepalive = \"2s\"\nconnect_timeout = \"3s\"\nbackoff_initial = \"100ms\"\nbackoff_max = \"500ms\"\n",
+        ),
+        None => (hub.link, ""),
+    };
+    let edge_cfg = format!("{link_cfg}[services]\nallow_ports = [{}]\n", kubelet.port());
     let edge = start_edge(
         &pki,
         "edge-1",
-        hub.link,
+        link,
         Transport::Tls,
         EdgeAuth::Token,
-        &format!("[services]\nallow_ports = [{}]\n", kubelet.port()),
+        &edge_cfg,
     );
     assert!(wait_linked(hub.admin, "edge-1", WAIT), "{}", edge.logs());
     Setup {
-        _edge: edge,
+        edge,
         hub,
         egress,
         kubelet,
         pki,
+        proxy,
+        edge_link: link,
+        edge_cfg,
     }
 }
 
@@ -119,14 +199,23 @@ fn client_config(pki: &Pki, cert: Option<&str>) -> Arc<ClientConfig> {
 /// TLS to the egress endpoint as kube-apiserver, then `CONNECT target`.
 /// Returns the answer's status line and, on 200, the tunnel.
 fn connect(s: &Setup, target: &str) -> (String, StreamOwned<ClientConnection, TcpStream>) {
-    let tcp = TcpStream::connect(s.egress).expect("connect to the egress");
-    tcp.set_read_timeout(Some(WAIT)).expect("timeout");
+    let outer = client_config(&s.pki, Some("kube-apiserver"));
+    connect_with(s.egress, &outer, target).expect("CONNECT")
+}
+
+/// [`connect`] with a given client configuration, errors returned.
+fn connect_with(
+    egress: SocketAddr,
+    outer: &Arc<ClientConfig>,
+    target: &str,
+) -> std::io::Result<(String, StreamOwned<ClientConnection, TcpStream>)> {
+    let tcp = TcpStream::connect(egress)?;
+    tcp.set_read_timeout(Some(WAIT))?;
+    tcp.set_write_timeout(Some(WAIT))?;
     let name = ServerName::try_from("localhost").expect("name");
-    let conn = ClientConnection::new(client_config(&s.pki, Some("kube-apiserver")), name)
-        .expect("client conn");
+    let conn = ClientConnection::new(outer.clone(), name).map_err(std::io::Error::other)?;
     let mut tls = StreamOwned::new(conn, tcp);
-    tls.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
-        .expect("write CONNECT");
+    tls.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())?;
     // Read the answer head byte by byte: what follows belongs to the tunnel.
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -138,7 +227,102 @@ fn connect(s: &Setup, target: &str) -> (String, StreamOwned<ClientConnection, Tc
     }
     let text = String::from_utf8_lossy(&head).into_owned();
     let status = text.lines().next().unwrap_or("").to_string();
-    (status, tls)
+    Ok((status, tls))
+}
+
+/// TLS to the kubelet inside a tunnel.
+type Kubelet = StreamOwned<ClientConnection, StreamOwned<ClientConnection, TcpStream>>;
+
+/// The client configurations of kube-apiserver: to the hub with its client
+/// certificate, to the kubelet without. Made once: each new certificate
+/// costs a key generation.
+struct Clients {
+    outer: Arc<ClientConfig>,
+    inner: Arc<ClientConfig>,
+}
+
+impl Clients {
+    fn new(pki: &Pki) -> Clients {
+        Clients {
+            outer: client_config(pki, Some("kube-apiserver")),
+            inner: client_config(pki, None),
+        }
+    }
+
+    /// A tunnel to the kubelet through the egress, TLS inside it. The TLS
+    /// handshake with the kubelet happens on the first write.
+    fn kubelet(&self, s: &Setup) -> std::io::Result<Kubelet> {
+        let target = format!("edge-1:{}", s.kubelet.port());
+        let (status, outer) = connect_with(s.egress, &self.outer, &target)?;
+        if status != "HTTP/1.1 200 Connection established" {
+            return Err(std::io::Error::other(format!(
+                "CONNECT {target}: {status:?}"
+            )));
+        }
+        let name = ServerName::try_from("edge-1").expect("name");
+        let inner =
+            ClientConnection::new(self.inner.clone(), name).map_err(std::io::Error::other)?;
+        Ok(StreamOwned::new(inner, outer))
+    }
+}
+
+/// One echo exchange, then a half-close; the kubelet answers `bye`. Ends
+/// both TLS sessions cleanly.
+fn echo_and_close(mut k: Kubelet, payload: &[u8]) -> std::io::Result<()> {
+    echo_once(&mut k, payload)?;
+    k.conn.send_close_notify();
+    k.flush()?;
+    let mut rest = Vec::new();
+    k.read_to_end(&mut rest)?;
+    if rest != b"bye" {
+        return Err(std::io::Error::other(format!(
+            "after the half-close: {:?}",
+            String::from_utf8_lossy(&rest)
+        )));
+    }
+    let outer = &mut k.sock;
+    outer.conn.send_close_notify();
+    outer.flush()
+}
+
+/// Writes `payload` and reads it back.
+fn echo_once(k: &mut Kubelet, payload: &[u8]) -> std::io::Result<()> {
+    k.write_all(payload)?;
+    let mut echo = vec![0u8; payload.len()];
+    k.read_exact(&mut echo)?;
+    if echo != payload {
+        return Err(std::io::Error::other(format!(
+            "echo {:?} for {:?}",
+            String::from_utf8_lossy(&echo),
+            String::from_utf8_lossy(payload)
+        )));
+    }
+    Ok(())
+}
+
+/// The node's open streams as the hub's /nodes reports them.
+fn streams(s: &Setup) -> Option<u64> {
+    node_field(s.hub.admin, "edge-1", "streams").and_then(|v| v.parse().ok())
+}
+
+fn reconnects(s: &Setup) -> u64 {
+    node_field(s.hub.admin, "edge-1", "reconnects")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until `cond` holds; whether it did within `timeout`.
+fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -231,4 +415,276 @@ fn unknown_nodes_and_ports_get_clear_errors_fast() {
     let mut answer = Vec::new();
     let _ = tls.read_to_end(&mut answer);
     assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+}
+
+#[test]
+fn two_hundred_megabytes_through_one_tunnel() {
+    let s = setup();
+    let clients = Clients::new(&s.pki);
+    let mut k = clients.kubelet(&s).expect("tunnel");
+    k.write_all(b"GET /bulk HTTP/1.1\r\nHost: edge-1\r\n\r\n")
+        .expect("request");
+    let started = Instant::now();
+    let mut k = BufReader::with_capacity(64 << 10, k);
+    let mut head = String::new();
+    while !head.ends_with("\r\n\r\n") {
+        let n = k.read_line(&mut head).expect("answer head");
+        assert!(n > 0, "closed in the answer head: {head:?}");
+    }
+    assert!(
+        head.starts_with("HTTP/1.1 200 ") && head.contains(&format!("Content-Length: {BULK}\r\n")),
+        "{head:?}"
+    );
+    // Checked as it streams, against the block it repeats.
+    let block = pattern();
+    let mut got = 0u64;
+    loop {
+        let chunk = match k.fill_buf() {
+            Ok([]) => break,
+            Ok(c) => c,
+            Err(e) => panic!(
+                "after {got} of {BULK} bytes: {e}\n{}\n{}",
+                s.hub.proc.logs(),
+                s.edge.logs()
+            ),
+        };
+        let len = chunk.len();
+        let mut checked = 0;
+        while checked < len {
+            let at = ((got + checked as u64) % block.len() as u64) as usize;
+            let n = (block.len() - at).min(len - checked);
+            assert!(
+                chunk[checked..checked + n] == block[at..at + n],
+                "the stream differs from the pattern within bytes {}..{}",
+                got + checked as u64,
+                got + (checked + n) as u64
+            );
+            checked += n;
+        }
+        got += len as u64;
+        assert!(got <= BULK, "more than {BULK} bytes");
+        k.consume(len);
+    }
+    let took = started.elapsed();
+    assert_eq!(got, BULK, "the tunnel ended early");
+    eprintln!(
+        "{BULK} bytes through one tunnel in {took:?} ({:.0} MB/s)",
+        BULK as f64 / took.as_secs_f64() / 1e6
+    );
+    drop(k);
+
+    // The link stayed up the whole time and carries new tunnels.
+    assert!(wait_linked(s.hub.admin, "edge-1", WAIT));
+    assert_eq!(reconnects(&s), 0, "{}", s.edge.logs());
+    let k = clients.kubelet(&s).expect("a new tunnel");
+    echo_and_close(k, b"small request after the bulk").expect("small exchange");
+}
+
+/// Tunnels open at once on one link, each from its own socket.
+const TUNNELS: usize = 1000;
+/// Client threads; each holds TUNNELS / THREADS tunnels.
+const THREADS: usize = 25;
+
+#[test]
+fn a_thousand_concurrent_tunnels_on_one_link() {
+    let s = Arc::new(setup());
+    let clients = Arc::new(Clients::new(&s.pki));
+    let started = Instant::now();
+    // All threads, and this one, meet once every tunnel is open.
+    let all_open = Arc::new(Barrier::new(THREADS + 1));
+    let checked = Arc::new(Barrier::new(THREADS + 1));
+    let workers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (s, clients) = (s.clone(), clients.clone());
+            let (all_open, checked) = (all_open.clone(), checked.clone());
+            std::thread::spawn(move || -> Result<(), String> {
+                let ids = (t..TUNNELS).step_by(THREADS);
+                let payload = |i: usize, round: usize| format!("tunnel {i:04} round {round}");
+                // Open and exchange once; errors wait for the barrier too,
+                // so a failure cannot leave the others hanging there.
+                let opened: Result<Vec<(usize, Kubelet)>, String> = ids
+                    .map(|i| {
+                        let mut k = clients
+                            .kubelet(&s)
+                            .map_err(|e| format!("tunnel {i}: {e}"))?;
+                        echo_once(&mut k, payload(i, 1).as_bytes())
+                            .map_err(|e| format!("tunnel {i}: {e}"))?;
+                        Ok((i, k))
+                    })
+                    .collect();
+                all_open.wait();
+                checked.wait();
+                for (i, mut k) in opened? {
+                    echo_once(&mut k, payload(i, 2).as_bytes())
+                        .and_then(|()| echo_and_close(k, payload(i, 3).as_bytes()))
+                        .map_err(|e| format!("tunnel {i}: {e}"))?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    all_open.wait();
+    let opened_in = started.elapsed();
+    let open = streams(&s);
+    checked.wait();
+    let failures: Vec<String> = workers
+        .into_iter()
+        .filter_map(|w| w.join().expect("worker").err())
+        .collect();
+    let done_in = started.elapsed();
+    assert!(
+        failures.is_empty(),
+        "{} failed, first: {}\n{}",
+        failures.len(),
+        failures[0],
+        s.hub.proc.logs()
+    );
+    eprintln!("{TUNNELS} tunnels open after {opened_in:?}, all closed after {done_in:?}");
+    assert_eq!(open, Some(TUNNELS as u64), "streams while all were open");
+    // Every stream is gone from the link once its tunnel closed.
+    assert!(
+        wait_until(Duration::from_secs(10), || streams(&s) == Some(0)),
+        "streams left: {:?}\n{}",
+        streams(&s),
+        s.hub.proc.logs()
+    );
+    assert!(wait_linked(s.hub.admin, "edge-1", WAIT));
+    assert_eq!(reconnects(&s), 0, "{}", s.edge.logs());
+}
+
+/// Requests the slow log stream in a new tunnel and reads its answer head.
+/// Every read of the tunnel is bounded by `timeout`.
+fn slow_logs(s: &Setup, clients: &Clients, timeout: Duration) -> BufReader<Kubelet> {
+    let mut k = clients.kubelet(s).expect("tunnel");
+    k.sock
+        .sock
+        .set_read_timeout(Some(timeout))
+        .expect("timeout");
+    k.write_all(b"GET /slowlogs?follow=true HTTP/1.1\r\nHost: edge-1\r\n\r\n")
+        .expect("request logs");
+    let mut k = BufReader::new(k);
+    let mut head = String::new();
+    while !head.ends_with("\r\n\r\n") {
+        let n = k.read_line(&mut head).expect("answer head");
+        assert!(n > 0, "closed in the answer head: {head:?}");
+    }
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head:?}");
+    k
+}
+
+/// Reads the slow log stream to its end, checking that lines come in
+/// order, none lost or repeated; calls `fault` once line 10 arrived.
+/// Returns the number of lines and how the stream ended.
+fn read_logs(k: &mut BufReader<Kubelet>, mut fault: impl FnMut()) -> (usize, std::io::Result<()>) {
+    let mut lines = 0;
+    loop {
+        let mut line = String::new();
+        match k.read_line(&mut line) {
+            Ok(0) => return (lines, Ok(())),
+            Ok(_) => {
+                assert_eq!(line, format!("log line {lines:04}\n"));
+                lines += 1;
+                if lines == 10 {
+                    fault();
+                }
+            }
+            Err(e) => return (lines, Err(e)),
+        }
+    }
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+#[test]
+fn a_link_cut_mid_stream_neither_hangs_nor_breaks_the_tunnel() {
+    let mut s = setup_with(true);
+    let clients = Clients::new(&s.pki);
+
+    // The link is cut while the kubelet streams logs through a tunnel. The
+    // edge reconnects and resumes its session (ARCHITECTURE.md §9: streams
+    // carry on with no loss), so the tunnel neither hangs nor breaks: every
+    // line arrives, then the kubelet's clean end.
+    let mut k = slow_logs(&s, &clients, WAIT);
+    let before = reconnects(&s);
+    let started = Instant::now();
+    let proxy = s.proxy.as_ref().expect("proxy");
+    let (lines, ended) = read_logs(&mut k, || proxy.cut());
+    let took = started.elapsed();
+    eprintln!("log stream across a link cut: {lines} lines in {took:?}, ended with {ended:?}");
+    assert!(
+        !matches!(&ended, Err(e) if is_timeout(e)),
+        "the tunnel hung after the cut ({lines} lines)\n{}\n{}",
+        s.hub.proc.logs(),
+        s.edge.logs()
+    );
+    assert!(
+        ended.is_ok() && lines == SLOW_LINES,
+        "the tunnel broke at the cut: {ended:?} after {lines} of {SLOW_LINES} lines\n{}\n{}",
+        s.hub.proc.logs(),
+        s.edge.logs()
+    );
+    drop(k);
+    // The link did go down and came back, resuming the session.
+    assert!(reconnects(&s) > before, "{}", s.edge.logs());
+    assert!(
+        wait_linked(s.hub.admin, "edge-1", WAIT),
+        "{}",
+        s.edge.logs()
+    );
+    assert!(
+        s.edge.logs().contains("session resumed"),
+        "{}",
+        s.edge.logs()
+    );
+    let k = clients.kubelet(&s).expect("a tunnel after the cut");
+    echo_and_close(k, b"after the cut").expect("exchange after the cut");
+
+    // The far end goes away for good: the edge dies mid-stream and a new
+    // run links in, so the hub resets the old run's streams. The tunnel
+    // ends at once with an error, not a hang and not a clean-looking EOF.
+    let mut k = slow_logs(&s, &clients, Duration::from_secs(10));
+    let started = Instant::now();
+    let mut restarted = None;
+    let (lines, ended) = read_logs(&mut k, || {
+        s.edge.kill();
+        restarted = Some(start_edge(
+            &s.pki,
+            "edge-1",
+            s.edge_link,
+            Transport::Tls,
+            EdgeAuth::Token,
+            &s.edge_cfg,
+        ));
+    });
+    let took = started.elapsed();
+    eprintln!("log stream across an edge restart: {lines} lines in {took:?}, ended with {ended:?}");
+    s.edge = restarted.expect("the edge was restarted");
+    match &ended {
+        Err(e) if is_timeout(e) => panic!(
+            "the tunnel hung after the edge restarted ({lines} lines)\n{}\n{}",
+            s.hub.proc.logs(),
+            s.edge.logs()
+        ),
+        Err(_) => {}
+        Ok(()) => panic!("{lines} lines then a clean end, though the edge died mid-stream"),
+    }
+    assert!(lines < SLOW_LINES);
+    drop(k);
+    assert!(
+        wait_linked(s.hub.admin, "edge-1", WAIT),
+        "{}",
+        s.edge.logs()
+    );
+    let k = clients.kubelet(&s).expect("a tunnel after the restart");
+    echo_and_close(k, b"after the restart").expect("exchange after the restart");
+    assert!(
+        wait_until(Duration::from_secs(10), || streams(&s) == Some(0)),
+        "streams left: {:?}",
+        streams(&s)
+    );
 }
