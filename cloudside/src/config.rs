@@ -36,6 +36,10 @@ pub struct Expose {
     pub listen: SocketAddr,
     /// The node whose port is reached.
     pub node: NodeName,
+    /// For an HTTP service: the path prefix it is published under (`/edge-1/ui`);
+    /// exposes sharing `listen` with a path form one HTTP listener. `None`: the
+    /// port is relayed as TCP (which also carries HTTPS end to end).
+    pub path: Option<String>,
     /// The port on the board (the edge's allow_ports must list it).
     pub port: u16,
 }
@@ -305,8 +309,34 @@ pub fn parse(text: &str, base: &Path) -> Result<HubConfig, Errors> {
                     None
                 }
             });
+        let path = errors.opt(t.str("path")).map(str::to_owned);
+        if let Some(p) = &path {
+            if !p.starts_with('/') || p.len() < 2 || p.ends_with('/') || p.contains(['?', ' ', '#'])
+            {
+                errors.push(t.error(
+                    "path",
+                    format!("{p:?} is not a path prefix like \"/edge-1/ui\""),
+                ));
+            }
+        }
         match (listen, node, port) {
-            (Some(listen), Some(node), Some(port)) => exposes.push(Expose { listen, node, port }),
+            (Some(listen), Some(node), Some(port)) => {
+                let clash = exposes.iter().any(|e: &Expose| {
+                    e.listen == listen && (e.path.is_none() || path.is_none() || e.path == path)
+                });
+                if clash {
+                    errors.push(t.error(
+                        "listen",
+                        format!("{listen} is already taken by another [[expose]] (several may share it only with different paths)"),
+                    ));
+                }
+                exposes.push(Expose {
+                    listen,
+                    node,
+                    port,
+                    path,
+                })
+            }
             _ => errors.push(t.error("", "an [[expose]] needs listen, node and port")),
         }
     }

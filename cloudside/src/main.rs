@@ -90,8 +90,12 @@ CONFIG FILE (a strict TOML subset; unknown keys are errors):
 
     [[expose]]                      Repeatable: a cloud-side port that
     listen = \"127.0.0.1:2222\"       reaches a port on one edge (the edge's
-    node = \"edge-1\"                 services.allow_ports must list it).
-    port = 22
+    node = \"edge-1\"                 services.allow_ports must list it), as
+    port = 22                       TCP (HTTPS and SSH pass end to end).
+    path = \"/edge-1/ui\"             With path: an HTTP service published
+                                    under that prefix (stripped; the service
+                                    gets X-Forwarded-Prefix); several may
+                                    share one listen with different paths.
 ";
 
 fn main() -> ExitCode {
@@ -162,11 +166,26 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> 
             None => None,
         };
         let mut expose_listeners = Vec::new();
+        let mut http_listeners: Vec<(smol::net::TcpListener, Vec<config::Expose>)> = Vec::new();
         for e in &cfg.exposes {
+            if e.path.is_some() {
+                // HTTP services on one port share its listener.
+                if let Some((_, routes)) = http_listeners
+                    .iter_mut()
+                    .find(|(_, r)| r.first().is_some_and(|f| f.listen == e.listen))
+                {
+                    routes.push(e.clone());
+                    continue;
+                }
+            }
             let l = smol::net::TcpListener::bind(e.listen)
                 .await
                 .map_err(|err| format!("expose {}: {err}", e.listen))?;
-            expose_listeners.push((l, e.clone()));
+            if e.path.is_some() {
+                http_listeners.push((l, vec![e.clone()]));
+            } else {
+                expose_listeners.push((l, e.clone()));
+            }
         }
         log::info!(
             "tether-hub {} listening for links on {}{}; admin on {}; {} node tokens, {} upstreams",
@@ -194,6 +213,10 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> 
         }
         for (l, e) in expose_listeners {
             ex.spawn(expose::serve(hub.clone(), l, e)).detach();
+        }
+        for (l, routes) in http_listeners {
+            ex.spawn(expose::serve_http(hub.clone(), l, routes))
+                .detach();
         }
         if let Some(egress) = &cfg.egress {
             start_egress(&hub, egress).await?;
