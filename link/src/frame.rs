@@ -70,6 +70,13 @@ impl fmt::Display for ResetCode {
     }
 }
 
+/// Writes a byte slice as one block. On the wire this is exactly what serde
+/// writes for a slice by default (postcard: a varint length, then the
+/// bytes), but without a call per byte.
+fn as_bytes<S: serde::Serializer>(bytes: &&[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_bytes(bytes)
+}
+
 /// One message of the stream protocol.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Frame<'a> {
@@ -85,7 +92,7 @@ pub enum Frame<'a> {
     /// Stream bytes, in order.
     Data {
         id: StreamId,
-        #[serde(borrow)]
+        #[serde(borrow, serialize_with = "as_bytes")]
         bytes: &'a [u8],
     },
     /// The receiver has consumed `bytes` more bytes: the sender may send that
@@ -236,6 +243,31 @@ impl<'a> Iterator for Frames<'a> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn data_bytes_are_encoded_as_a_plain_slice_would_be() {
+        // The block write must not change the wire format: serde's default
+        // for a slice (a sequence of u8) gives the same bytes.
+        #[derive(Serialize)]
+        enum Plain<'a> {
+            _Open,
+            _Accept,
+            Data { id: StreamId, bytes: &'a [u8] },
+        }
+        let payload: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+        let id: StreamId = 7;
+        let block = postcard::to_allocvec(&Frame::Data {
+            id,
+            bytes: &payload,
+        })
+        .expect("encode");
+        let plain = postcard::to_allocvec(&Plain::Data {
+            id,
+            bytes: &payload,
+        })
+        .expect("encode");
+        assert_eq!(block, plain);
+    }
     use super::*;
 
     #[test]
