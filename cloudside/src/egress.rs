@@ -17,14 +17,13 @@
 
 use crate::config::Egress;
 use crate::links::Hub;
+use crate::reach::{self, http_error, Unreached};
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures_lite::FutureExt;
 use log::{debug, info, warn};
-use std::io;
 use std::rc::Rc;
 use std::time::Duration;
 use tether_link::io::splice;
-use tether_link::mux::OwnedTarget;
 use tether_link::topic::NodeName;
 
 /// Largest CONNECT head accepted.
@@ -164,29 +163,8 @@ fn outcome(status: u16) -> &'static str {
     }
 }
 
-/// The answer head for `status` with a short text body.
-fn answer(status: u16, message: &str) -> Vec<u8> {
-    let reason = match status {
-        200 => "Connection established",
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        _ => "Gateway Timeout",
-    };
-    if status == 200 {
-        return format!("HTTP/1.1 200 {reason}\r\n\r\n").into_bytes();
-    }
-    let body = format!("tether-hub: {message}\n");
-    format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
+/// The answer to a CONNECT the edge reached: what follows is the tunnel.
+const ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
 
 /// Accepts TLS connections (client certificate required) forever.
 pub async fn serve_tls(
@@ -280,7 +258,7 @@ where
         Err(refusal) => {
             hub.registry.borrow_mut().egress(outcome(refusal.status));
             let _ = conn
-                .write_all(&answer(refusal.status, &refusal.message))
+                .write_all(&http_error(refusal.status, &refusal.message))
                 .await;
             let _ = conn.flush().await;
             return;
@@ -298,7 +276,7 @@ where
                 target.host, target.port, refusal.status, refusal.message
             );
             let _ = conn
-                .write_all(&answer(refusal.status, &refusal.message))
+                .write_all(&http_error(refusal.status, &refusal.message))
                 .await;
             let _ = conn.flush().await;
             return;
@@ -309,7 +287,7 @@ where
         "egress: {who} -> node {} port {} (stream {id})",
         target.host, target.port
     );
-    if conn.write_all(&answer(200, "")).await.is_err() || conn.flush().await.is_err() {
+    if conn.write_all(ESTABLISHED).await.is_err() || conn.flush().await.is_err() {
         return;
     }
     // Bytes the client sent right after its CONNECT (a TLS ClientHello)
@@ -386,37 +364,22 @@ async fn open(
         }
         found.link.clone()
     };
-    let stream = link
-        .open(OwnedTarget::Port(target.port))
-        .map_err(|e| Refusal::new(503, format!("node {}: {e}", target.host)))?;
-    let accepted = async { Some(stream.accepted().await) }.or(async {
-        async_io::Timer::after(connect_timeout).await;
-        None
-    });
-    match accepted.await {
-        Some(Ok(())) => Ok(stream),
-        Some(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => Err(Refusal::new(
-            403,
-            format!(
-                "node {} does not allow port {}: {e}",
-                target.host, target.port
+    let (host, port) = (&target.host, target.port);
+    reach::port(&link, port, connect_timeout)
+        .await
+        .map_err(|e| match e {
+            Unreached::Open(e) => Refusal::new(503, format!("node {host}: {e}")),
+            Unreached::Refused(e) => {
+                Refusal::new(403, format!("node {host} does not allow port {port}: {e}"))
+            }
+            Unreached::Failed(e) => {
+                Refusal::new(502, format!("node {host} could not reach port {port}: {e}"))
+            }
+            Unreached::Timeout => Refusal::new(
+                504,
+                format!("node {host} did not reach port {port} within {connect_timeout:?}"),
             ),
-        )),
-        Some(Err(e)) => Err(Refusal::new(
-            502,
-            format!(
-                "node {} could not reach port {}: {e}",
-                target.host, target.port
-            ),
-        )),
-        None => Err(Refusal::new(
-            504,
-            format!(
-                "node {} did not reach port {} within {connect_timeout:?}",
-                target.host, target.port
-            ),
-        )),
-    }
+        })
 }
 
 #[cfg(test)]
@@ -477,16 +440,5 @@ mod tests {
         };
         assert!(selector_config(&uds)
             .contains("      uds:\n        udsName: /run/tether/egress.sock\n"));
-    }
-
-    #[test]
-    fn answers_are_http() {
-        assert_eq!(
-            answer(200, ""),
-            b"HTTP/1.1 200 Connection established\r\n\r\n"
-        );
-        let refused = String::from_utf8(answer(404, "no node")).expect("text");
-        assert!(refused.starts_with("HTTP/1.1 404 Not Found\r\n"));
-        assert!(refused.ends_with("\r\n\r\ntether-hub: no node\n"));
     }
 }

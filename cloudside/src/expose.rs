@@ -5,6 +5,7 @@
 
 use crate::config::Expose;
 use crate::links::Hub;
+use crate::reach::{self, http_error, Unreached};
 use log::{debug, info, warn};
 use smol::net::TcpListener;
 use std::rc::Rc;
@@ -26,14 +27,7 @@ pub async fn serve(hub: Rc<Hub>, listener: TcpListener, expose: Expose) {
                 continue;
             }
         };
-        let link = {
-            let reg = hub.registry.borrow();
-            reg.nodes
-                .get(&expose.node)
-                .filter(|n| n.linked)
-                .map(|n| n.link.clone())
-        };
-        let Some(link) = link else {
+        let Some(link) = reach::linked(&hub, &expose.node) else {
             debug!(
                 "expose {}: node {} is not linked; closing connection from {peer}",
                 expose.listen, expose.node
@@ -178,102 +172,42 @@ async fn http_connection(
         None
     })
     .await;
-    let refuse = |status: &str, message: String| {
-        let body = format!("tether-hub: {message}\n");
-        format!(
-            "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-    };
+    let refuse = |status: u16, message: String| http_error(status, &message);
     let Some(end) = head_end else {
-        let _ = tcp
-            .write_all(refuse("400 Bad Request", "no request head".into()).as_bytes())
-            .await;
+        let _ = tcp.write_all(&refuse(400, "no request head".into())).await;
         return;
     };
     let head = String::from_utf8_lossy(&buf[..end - 4]).into_owned();
     let target = head.split(' ').nth(1).unwrap_or("").to_owned();
     let Some((e, rewritten)) = route(&routes, &target) else {
-        let _ = tcp
-            .write_all(
-                refuse(
-                    "404 Not Found",
-                    format!("nothing is published at {target:?}"),
-                )
-                .as_bytes(),
-            )
-            .await;
+        let message = format!("nothing is published at {target:?}");
+        let _ = tcp.write_all(&refuse(404, message)).await;
         return;
     };
     let Some(new_head) = rewrite_head(&head, &rewritten, e.path.as_deref().unwrap_or("")) else {
-        let _ = tcp
-            .write_all(refuse("400 Bad Request", "bad request line".into()).as_bytes())
-            .await;
+        let _ = tcp.write_all(&refuse(400, "bad request line".into())).await;
         return;
     };
-    let link = {
-        let reg = hub.registry.borrow();
-        reg.nodes
-            .get(&e.node)
-            .filter(|n| n.linked)
-            .map(|n| n.link.clone())
-    };
-    let Some(link) = link else {
-        let _ = tcp
-            .write_all(
-                refuse(
-                    "503 Service Unavailable",
-                    format!("node {} is not linked", e.node),
-                )
-                .as_bytes(),
-            )
-            .await;
+    let Some(link) = reach::linked(&hub, &e.node) else {
+        let message = format!("node {} is not linked", e.node);
+        let _ = tcp.write_all(&refuse(503, message)).await;
         return;
     };
-    let mut stream = match link.open(OwnedTarget::Port(e.port)) {
+    let mut stream = match reach::port(&link, e.port, HTTP_TIMEOUT).await {
         Ok(s) => s,
         Err(err) => {
-            let _ = tcp
-                .write_all(
-                    refuse("503 Service Unavailable", format!("node {}: {err}", e.node)).as_bytes(),
-                )
-                .await;
+            let (node, port) = (&e.node, e.port);
+            let answer = match err {
+                Unreached::Open(err) => refuse(503, format!("node {node}: {err}")),
+                Unreached::Refused(err) | Unreached::Failed(err) => {
+                    refuse(502, format!("node {node} port {port}: {err}"))
+                }
+                Unreached::Timeout => refuse(504, format!("node {node} port {port}: no answer")),
+            };
+            let _ = tcp.write_all(&answer).await;
             return;
         }
     };
-    let accepted = async { Some(stream.accepted().await) }
-        .or(async {
-            async_io::Timer::after(HTTP_TIMEOUT).await;
-            None
-        })
-        .await;
-    match accepted {
-        Some(Ok(())) => {}
-        Some(Err(err)) => {
-            let _ = tcp
-                .write_all(
-                    refuse(
-                        "502 Bad Gateway",
-                        format!("node {} port {}: {err}", e.node, e.port),
-                    )
-                    .as_bytes(),
-                )
-                .await;
-            return;
-        }
-        None => {
-            let _ = tcp
-                .write_all(
-                    refuse(
-                        "504 Gateway Timeout",
-                        format!("node {} port {}: no answer", e.node, e.port),
-                    )
-                    .as_bytes(),
-                )
-                .await;
-            return;
-        }
-    }
     let id = stream.id();
     info!(
         "http {peer} {target} -> node {} port {} (stream {id})",

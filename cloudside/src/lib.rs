@@ -8,6 +8,8 @@
 //! - [`expose`]: cloud-side ports that reach a port on an edge.
 //! - [`egress`]: kube-apiserver's egress: HTTP CONNECT to `<node>:<port>`
 //!   becomes a stream to that port on the node.
+//! - [`reach`]: reaching a port on a node for `expose` and `egress`, and
+//!   their HTTP error answers.
 //! - [`broker`]: the replica's broker connection, relaying node sessions.
 //! - [`admin`]: `/healthz`, `/metrics`, `/nodes`.
 
@@ -18,5 +20,6 @@ pub mod config;
 pub mod egress;
 pub mod expose;
 pub mod links;
+pub mod reach;
 pub mod registry;
 pub mod upstream;
