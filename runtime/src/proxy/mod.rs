@@ -714,8 +714,10 @@ async fn relay(
                 buf.extend_from_slice(&chunk[..n]);
             }
             let step = decoder.step(&buf).map_err(|_| ())?;
-            if let (Some(r), Some(store)) = (recorder.as_mut(), proxy.store_mut().as_mut()) {
-                r.feed(store, &buf[step.data.clone()]);
+            if let Some(r) = recorder.as_mut() {
+                if let Some(store) = proxy.store_mut().as_mut() {
+                    r.feed(store, &buf[step.data.clone()]);
+                }
             }
             // Relay the bytes as framed by the apiserver.
             tcp.write_all(&buf[..step.consumed]).await.map_err(|_| ())?;
@@ -725,8 +727,10 @@ async fn relay(
         Ok(())
     }
     .await;
-    let mut guard = proxy.store_mut();
-    let (Some(recorder), Some(store)) = (recorder, guard.as_mut()) else {
+    // Only an answer being recorded touches the store (and so forgets the
+    // offline answers kept in memory).
+    let mut guard = recorder.is_some().then(|| proxy.store_mut());
+    let (Some(recorder), Some(store)) = (recorder, guard.as_mut().and_then(|g| g.as_mut())) else {
         relayed.map_err(|()| Upstream::Broken)?;
         return Ok(keep_conn(proxy, conn, done, identity, &resp));
     };
