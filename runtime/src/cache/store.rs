@@ -388,29 +388,7 @@ impl Store {
         let tick = next_tick(&tx).ctx(ACTION)?;
         // The tick makes the hidden name unique among staged views.
         let hidden = format!("{STAGING_MARK}{tick}:{}", key.client);
-        let id: i64 = tx
-            .query_row(
-                "INSERT INTO views (client, resource, namespace, name, label_selector,
-                     field_selector, encoding, resource_version, kind, api_version, complete,
-                     last_used, objects, bytes)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11, 0, 0)
-                 RETURNING id",
-                params![
-                    hidden,
-                    key.resource,
-                    key.namespace,
-                    key.name,
-                    key.label_selector,
-                    key.field_selector,
-                    key.encoding,
-                    list.resource_version,
-                    list.kind,
-                    list.api_version,
-                    tick,
-                ],
-                |r| r.get(0),
-            )
-            .ctx(ACTION)?;
+        let id = upsert_view(&tx, &hidden, key, list, false, tick).ctx(ACTION)?;
         tx.commit().ctx(ACTION)?;
         Ok(Staged {
             id,
@@ -572,36 +550,7 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .ctx(ACTION)?;
         let tick = next_tick(&tx).ctx(ACTION)?;
-        let id: i64 = tx
-            .query_row(
-                "INSERT INTO views (client, resource, namespace, name, label_selector,
-                     field_selector, encoding, resource_version, kind, api_version, complete,
-                     last_used, objects, bytes)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, 0)
-                 ON CONFLICT (client, resource, namespace, name, label_selector, field_selector,
-                     encoding)
-                 DO UPDATE SET resource_version = excluded.resource_version,
-                     kind = excluded.kind, api_version = excluded.api_version,
-                     complete = excluded.complete, last_used = excluded.last_used,
-                     objects = 0, bytes = 0
-                 RETURNING id",
-                params![
-                    key.client,
-                    key.resource,
-                    key.namespace,
-                    key.name,
-                    key.label_selector,
-                    key.field_selector,
-                    key.encoding,
-                    list.resource_version,
-                    list.kind,
-                    list.api_version,
-                    list.complete,
-                    tick,
-                ],
-                |r| r.get(0),
-            )
-            .ctx(ACTION)?;
+        let id = upsert_view(&tx, &key.client, key, list, list.complete, tick).ctx(ACTION)?;
         tx.execute("DELETE FROM objects WHERE view_id = ?1", [id])
             .ctx(ACTION)?;
         for row in objects {
@@ -1010,6 +959,48 @@ fn read_view(conn: &Connection, key: &ViewKey) -> rusqlite::Result<Option<ViewMe
         },
     )
     .optional()
+}
+
+/// Writes the views row of `key` under client name `client` (the key's own,
+/// or a staged view's hidden one) with `list`'s metadata, `complete`, used
+/// at `tick`, and no objects counted yet; replaces the row if it exists.
+/// Returns its id.
+fn upsert_view(
+    conn: &Connection,
+    client: &str,
+    key: &ViewKey,
+    list: &ListMeta,
+    complete: bool,
+    tick: i64,
+) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "INSERT INTO views (client, resource, namespace, name, label_selector,
+             field_selector, encoding, resource_version, kind, api_version, complete,
+             last_used, objects, bytes)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, 0)
+         ON CONFLICT (client, resource, namespace, name, label_selector, field_selector,
+             encoding)
+         DO UPDATE SET resource_version = excluded.resource_version,
+             kind = excluded.kind, api_version = excluded.api_version,
+             complete = excluded.complete, last_used = excluded.last_used,
+             objects = 0, bytes = 0
+         RETURNING id",
+        params![
+            client,
+            key.resource,
+            key.namespace,
+            key.name,
+            key.label_selector,
+            key.field_selector,
+            key.encoding,
+            list.resource_version,
+            list.kind,
+            list.api_version,
+            complete,
+            tick,
+        ],
+        |r| r.get(0),
+    )
 }
 
 fn upsert_object(conn: &Connection, view_id: i64, o: &ObjectRow) -> Result<(), StoreError> {
