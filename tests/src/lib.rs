@@ -9,3 +9,4 @@ pub mod fleet;
 pub mod mosquitto;
 pub mod pki;
 pub mod procs;
+pub mod tunnel;

@@ -4,12 +4,10 @@
 //! `CONNECT <address>:<port>` then reaches that node.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::ServerName;
-use rustls::{ClientConnection, StreamOwned};
 use tether_tests::apiserver::StandIn;
 use tether_tests::client::{call, JSON, KUBELET};
 use tether_tests::cluster::{start_edge, start_hub, wait_linked, EdgeAuth, Transport};
@@ -17,39 +15,16 @@ use tether_tests::echo::EchoServer;
 use tether_tests::fleet::edge_config;
 use tether_tests::pki::Pki;
 use tether_tests::procs::free_port;
+use tether_tests::tunnel::{self, Tunnel};
 
 const WAIT: Duration = Duration::from_secs(30);
 
 /// TLS to the egress as kube-apiserver, `CONNECT target`; the status line
 /// and the tunnel.
-fn connect(
-    pki: &Pki,
-    egress: SocketAddr,
-    target: &str,
-) -> (String, StreamOwned<ClientConnection, TcpStream>) {
+fn connect(pki: &Pki, egress: SocketAddr, target: &str) -> (String, Tunnel) {
     let (cert, key) = pki.node_cert("kube-apiserver");
     let config = tether_link::tls::client_config(&pki.ca, Some((&cert, &key))).expect("tls");
-    let tcp = TcpStream::connect(egress).expect("connect");
-    tcp.set_read_timeout(Some(WAIT)).expect("timeout");
-    let name = ServerName::try_from("localhost").expect("name");
-    let conn = ClientConnection::new(Arc::new(config), name).expect("conn");
-    let mut tls = StreamOwned::new(conn, tcp);
-    tls.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
-        .expect("write");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match tls.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            _ => break,
-        }
-    }
-    let status = String::from_utf8_lossy(&head)
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_string();
-    (status, tls)
+    tunnel::connect(egress, &Arc::new(config), target).expect("CONNECT")
 }
 
 #[test]

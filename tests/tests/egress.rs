@@ -20,6 +20,7 @@ use tether_tests::cluster::{node_field, start_edge, start_hub, wait_linked, Edge
 use tether_tests::faultproxy::FaultProxy;
 use tether_tests::pki::Pki;
 use tether_tests::procs::free_port;
+use tether_tests::tunnel;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -200,34 +201,7 @@ fn client_config(pki: &Pki, cert: Option<&str>) -> Arc<ClientConfig> {
 /// Returns the answer's status line and, on 200, the tunnel.
 fn connect(s: &Setup, target: &str) -> (String, StreamOwned<ClientConnection, TcpStream>) {
     let outer = client_config(&s.pki, Some("kube-apiserver"));
-    connect_with(s.egress, &outer, target).expect("CONNECT")
-}
-
-/// [`connect`] with a given client configuration, errors returned.
-fn connect_with(
-    egress: SocketAddr,
-    outer: &Arc<ClientConfig>,
-    target: &str,
-) -> std::io::Result<(String, StreamOwned<ClientConnection, TcpStream>)> {
-    let tcp = TcpStream::connect(egress)?;
-    tcp.set_read_timeout(Some(WAIT))?;
-    tcp.set_write_timeout(Some(WAIT))?;
-    let name = ServerName::try_from("localhost").expect("name");
-    let conn = ClientConnection::new(outer.clone(), name).map_err(std::io::Error::other)?;
-    let mut tls = StreamOwned::new(conn, tcp);
-    tls.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())?;
-    // Read the answer head byte by byte: what follows belongs to the tunnel.
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match tls.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            _ => break,
-        }
-    }
-    let text = String::from_utf8_lossy(&head).into_owned();
-    let status = text.lines().next().unwrap_or("").to_string();
-    Ok((status, tls))
+    tunnel::connect(s.egress, &outer, target).expect("CONNECT")
 }
 
 /// TLS to the kubelet inside a tunnel.
@@ -253,7 +227,7 @@ impl Clients {
     /// handshake with the kubelet happens on the first write.
     fn kubelet(&self, s: &Setup) -> std::io::Result<Kubelet> {
         let target = format!("edge-1:{}", s.kubelet.port());
-        let (status, outer) = connect_with(s.egress, &self.outer, &target)?;
+        let (status, outer) = tunnel::connect(s.egress, &self.outer, &target)?;
         if status != "HTTP/1.1 200 Connection established" {
             return Err(std::io::Error::other(format!(
                 "CONNECT {target}: {status:?}"
