@@ -432,4 +432,33 @@ mod tests {
             assert!(e.contains(needle), "{needle:?} not in:\n{e}");
         }
     }
+
+    #[test]
+    fn egress_and_published_paths() {
+        let base = "[listen]\nlink = \"127.0.0.1:7443\"\n[tls]\nplaintext = true\n[auth]\ntoken_file = \"t\"\n";
+        let c = parse(
+            &format!("{base}[egress]\nlisten = \"0.0.0.0:8131\"\ncert = \"e.pem\"\nkey = \"e-key.pem\"\nclient_ca = \"ca.pem\"\nuds = \"/run/e.sock\"\n[[expose]]\nlisten = \"127.0.0.1:8080\"\nnode = \"edge-1\"\nport = 80\npath = \"/edge-1/ui\"\n[[expose]]\nlisten = \"127.0.0.1:8080\"\nnode = \"edge-2\"\nport = 80\npath = \"/edge-2/ui\"\n"),
+            Path::new("/etc/tether"),
+        )
+        .expect("valid");
+        let egress = c.egress.expect("egress");
+        assert_eq!(egress.uds, Some(PathBuf::from("/run/e.sock")));
+        assert_eq!(
+            egress.tls.and_then(|t| t.client_ca),
+            Some(PathBuf::from("/etc/tether/ca.pem"))
+        );
+        assert_eq!(c.exposes[1].path.as_deref(), Some("/edge-2/ui"));
+        for (text, needle) in [
+            // A TLS egress without kube-apiserver's client CA.
+            ("[egress]\nlisten = \"0.0.0.0:8131\"\ncert = \"e.pem\"\nkey = \"k.pem\"\n", "egress.listen: a TLS egress needs"),
+            ("[egress]\nconnect_timeout = \"5s\"\n", "[egress] needs listen"),
+            ("[[expose]]\nlisten = \"127.0.0.1:1\"\nnode = \"edge-1\"\nport = 80\npath = \"ui/\"\n", "is not a path prefix"),
+            ("[[expose]]\nlisten = \"127.0.0.1:1\"\nnode = \"edge-1\"\nport = 80\n[[expose]]\nlisten = \"127.0.0.1:1\"\nnode = \"edge-1\"\nport = 81\npath = \"/x\"\n", "is already taken"),
+        ] {
+            let e = parse(&format!("{base}{text}"), Path::new("/"))
+                .expect_err("invalid")
+                .to_string();
+            assert!(e.contains(needle), "{needle:?} not in:\n{e}");
+        }
+    }
 }

@@ -78,7 +78,21 @@ async fn addresses(hub: Rc<Hub>, node: NodeName, mut stream: LinkStream) {
         debug!("node {node}: address announcement too long, broken or slow; ignored");
         return;
     }
-    let list: Vec<String> = String::from_utf8_lossy(&text)
+    let list = parse_addresses(&text);
+    let mut reg = hub.registry.borrow_mut();
+    if let Some(n) = reg.nodes.get_mut(&node) {
+        if n.addresses != list {
+            info!("node {node} reports addresses {list:?}");
+            n.addresses = list;
+        }
+    }
+}
+
+/// The addresses in an edge's announcement: one per line; lines that are
+/// not a host name or an IP address (`[A-Za-z0-9.:-]`, at most 253
+/// characters) are dropped, so a confused edge cannot plant anything else.
+pub fn parse_addresses(text: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(text)
         .lines()
         .map(str::trim)
         .filter(|a| {
@@ -88,14 +102,7 @@ async fn addresses(hub: Rc<Hub>, node: NodeName, mut stream: LinkStream) {
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b':' | b'-'))
         })
         .map(str::to_ascii_lowercase)
-        .collect();
-    let mut reg = hub.registry.borrow_mut();
-    if let Some(n) = reg.nodes.get_mut(&node) {
-        if n.addresses != list {
-            info!("node {node} reports addresses {list:?}");
-            n.addresses = list;
-        }
-    }
+        .collect()
 }
 
 async fn relay(hub: Rc<Hub>, node: NodeName, stream: LinkStream, name: String) {
@@ -136,5 +143,23 @@ async fn relay(hub: Rc<Hub>, node: NodeName, stream: LinkStream, name: String) {
             debug!("node {node} stream {id} to {name}: closed, {up} bytes up, {down} down")
         }
         Err(e) => debug!("node {node} stream {id} to {name}: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_addresses;
+
+    #[test]
+    fn announcements_keep_only_addresses() {
+        let long = "a".repeat(254);
+        let text = format!(
+            "192.168.10.11\r\nEdge-1\n\n fd00::1 \nevil host\n{long}\n\u{0}x\n<script>\n\u{fffd}"
+        );
+        assert_eq!(
+            parse_addresses(text.as_bytes()),
+            ["192.168.10.11", "edge-1", "fd00::1"]
+        );
+        assert!(parse_addresses(&[0xff, 0xfe, b'\n']).is_empty());
     }
 }

@@ -99,4 +99,14 @@ fn http_services_of_a_board_are_published_under_paths() {
     assert!(get(web, "/edge-2/app").starts_with("HTTP/1.1 404 "));
     // Published, but the edge does not allow the port.
     assert!(get(web, "/edge-1/closed").starts_with("HTTP/1.1 502 "));
+    // Garbage: a head that never ends gets 400 once it passes the bound,
+    // and the port goes on serving.
+    let mut tcp = TcpStream::connect(web).expect("connect");
+    tcp.set_read_timeout(Some(WAIT)).expect("timeout");
+    let _ = tcp.write_all(&[b'x'; 20 * 1024]);
+    let mut answer = String::new();
+    let _ = tcp.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(get(web, "\u{1}\u{2}").starts_with("HTTP/1.1 404 "));
+    assert!(get(web, "/edge-1/app").starts_with("HTTP/1.1 200 OK"));
 }
