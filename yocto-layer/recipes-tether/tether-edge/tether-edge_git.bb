@@ -28,6 +28,9 @@ PV = "0.1.0+git"
 # this layer sits in with externalsrc (see README.md). Without either the
 # recipe is skipped, saying so.
 TETHER_GIT_URI ??= ""
+# The checkout this layer sits in (the layer is its yocto-layer/), for
+# EXTERNALSRC:pn-tether-edge = "${TETHER_CHECKOUT}" in local.conf.
+TETHER_CHECKOUT := "${@os.path.abspath(os.path.join(d.getVar('THISDIR'), '..', '..', '..'))}"
 SRC_URI = "${TETHER_GIT_URI}"
 require tether-edge-crates.inc
 SRC_URI += "\
@@ -52,8 +55,9 @@ CARGO_BUILD_FLAGS += "--config profile.release.strip=false"
 # local.conf to choose; otherwise the first MACHINEOVERRIDES entry, most
 # specific first, found in TETHER_MACHINE_BOARDS (MACHINE:board pairs; append
 # your own machines) gives it. meta-freescale has no UDOO machines, so the
-# i.MX6 boards go by SoC: UDOO Quad is an i.MX6Q, Dual an i.MX6DL, Neo an
-# i.MX6SX.
+# i.MX6 boards go by the SoC override an i.MX6 machine sets itself
+# (MACHINEOVERRIDES =. "mx6:mx6q:"): UDOO Quad is an i.MX6Q, Dual an
+# i.MX6DL, Neo an i.MX6SX.
 TETHER_MACHINE_BOARDS ?= "\
     raspberrypi:rpi-1 \
     raspberrypi0:rpi-zero-w \
@@ -66,9 +70,9 @@ TETHER_MACHINE_BOARDS ?= "\
     raspberrypi4:rpi-4 \
     raspberrypi4-64:rpi-4 \
     raspberrypi5:rpi-5 \
-    mx6q-generic-bsp:udoo-quad \
-    mx6dl-generic-bsp:udoo-dual \
-    mx6sx-generic-bsp:udoo-neo \
+    mx6q:udoo-quad \
+    mx6dl:udoo-dual \
+    mx6sx:udoo-neo \
     genericx86-64:udoo-x86-ii \
     intel-corei7-64:udoo-x86-ii \
 "
