@@ -2,6 +2,7 @@
 //! through. Every key is documented in `tether-edge --help` and in the
 //! example under board-configs/.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -101,6 +102,60 @@ pub struct ProxyConfig {
     pub answer_cache: u64,
 }
 
+/// The Rust targets a board can name in `[board] target`, with the CPU
+/// architecture each runs (as `std::env::consts::ARCH` names it): the
+/// targets cross/ builds and ECOSYSTEM.md found working on the boards.
+pub const TARGETS: &[(&str, &str)] = &[
+    ("arm-unknown-linux-musleabihf", "arm"),
+    ("armv7-unknown-linux-gnueabihf", "arm"),
+    ("armv7-unknown-linux-musleabihf", "arm"),
+    ("thumbv7neon-unknown-linux-gnueabihf", "arm"),
+    ("aarch64-unknown-linux-gnu", "aarch64"),
+    ("aarch64-unknown-linux-musl", "aarch64"),
+    ("x86_64-unknown-linux-gnu", "x86_64"),
+    ("x86_64-unknown-linux-musl", "x86_64"),
+];
+
+/// The board a config is written for (`[board]`). The image build reads
+/// `model` and `memory_max` from the file as text, so both keep one spelling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Board {
+    /// The board model, like `rpi-zero-w`: the name of its file under
+    /// board-configs/boards/.
+    pub model: String,
+    /// The Rust target the board's binary is built for, one of [`TARGETS`].
+    pub target: String,
+    /// The hard memory cap in bytes the systemd unit sets (`MemoryMax=`);
+    /// always larger than `[proxy] memory_budget`.
+    pub memory_max: u64,
+}
+
+impl Board {
+    /// The CPU architecture of `target`, as `std::env::consts::ARCH` names it.
+    pub fn arch(&self) -> &'static str {
+        TARGETS
+            .iter()
+            .find(|(t, _)| *t == self.target)
+            .map_or("unknown", |(_, arch)| arch)
+    }
+
+    /// What to warn about when the running binary was built for another
+    /// architecture than the board's (`running`, normally
+    /// `std::env::consts::ARCH`): the wrong binary was flashed. Arm versions
+    /// are not told apart: an ARMv7 build on an ARMv6 board stops at its
+    /// first ARMv7 instruction (SIGILL) before it gets this far.
+    pub fn arch_mismatch(&self, running: &str) -> Option<String> {
+        let arch = self.arch();
+        (arch != running).then(|| {
+            format!(
+                "board {} is {arch} ({}) but this tether-edge was built for {running}: \
+                 the wrong binary was installed; build it for {}",
+                self.model, self.target, self.target
+            )
+        })
+    }
+}
+
 /// Everything the edge reads from its config file.
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
@@ -122,6 +177,13 @@ pub struct EdgeConfig {
     pub proxy: ProxyConfig,
     /// Where `/healthz` and `/metrics` are served; `None`: nowhere.
     pub status: Option<SocketAddr>,
+    /// The board the file is written for; `None` without `[board]`.
+    pub board: Option<Board>,
+    /// The health unit this edge belongs to (`unit`), whose members watch
+    /// each other (issue 6); `None` when the edge is in none.
+    pub unit: Option<String>,
+    /// The node's labels (`[labels]`), Kubernetes label keys and values.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Reads and checks the config file at `path`. The error lists every
@@ -132,6 +194,23 @@ pub fn load(path: &Path) -> Result<EdgeConfig, String> {
 
 /// Parses config text; relative paths are taken from `base`.
 pub fn parse(text: &str, base: &Path) -> Result<EdgeConfig, Errors> {
+    parse_with(text, base, Files::Read)
+}
+
+/// Checks config text like [`parse`] but reads none of the files it names:
+/// a node's token lives on the board, not where its config is rendered.
+pub fn validate(text: &str, base: &Path) -> Result<(), Errors> {
+    parse_with(text, base, Files::Skip).map(|_| ())
+}
+
+/// Whether parsing reads the files a config names (the hub token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Files {
+    Read,
+    Skip,
+}
+
+fn parse_with(text: &str, base: &Path, files: Files) -> Result<EdgeConfig, Errors> {
     let doc = Document::parse(text)?;
     let mut errors = Errors::new();
     let mut root = doc.root();
@@ -158,8 +237,24 @@ pub fn parse(text: &str, base: &Path) -> Result<EdgeConfig, Errors> {
     if log_level.parse::<log::LevelFilter>().is_err() {
         errors.push(root.error("log_level", "must be error, warn, info, debug or trace"));
     }
+    let unit = errors.opt(root.str("unit")).map(str::to_owned);
+    if let Some(u) = &unit {
+        if !is_dns_label(u) {
+            errors.push(root.error(
+                "unit",
+                format!(
+                    "{u:?} is not a unit name: 1-63 lowercase letters, digits and '-', \
+                     starting and ending with a letter or digit"
+                ),
+            ));
+        }
+    }
+    let labels = match errors.opt(root.table("labels")) {
+        Some(mut t) => read_labels(&mut t, &mut errors),
+        None => BTreeMap::new(),
+    };
     let hub = match errors.opt(root.table("hub")) {
-        Some(mut t) => read_hub(&mut t, base, &mut errors),
+        Some(mut t) => read_hub(&mut t, base, files, &mut errors),
         None => {
             errors.push(root.error(
                 "hub",
@@ -192,6 +287,10 @@ pub fn parse(text: &str, base: &Path) -> Result<EdgeConfig, Errors> {
     let proxy = match errors.opt(root.table("proxy")) {
         Some(mut t) => read_proxy(&mut t, base, &mut errors),
         None => ProxyConfig::default(),
+    };
+    let board = match errors.opt(root.table("board")) {
+        Some(mut t) => read_board(&mut t, &proxy, &mut errors),
+        None => None,
     };
     let status = match errors.opt(root.table("status")) {
         Some(mut t) => match errors.opt(t.str("listen")) {
@@ -257,6 +356,9 @@ pub fn parse(text: &str, base: &Path) -> Result<EdgeConfig, Errors> {
             apiserver,
             proxy,
             status,
+            board,
+            unit,
+            labels,
         }),
         // Both are reported above whenever missing.
         _ => Err(Errors(vec![tether_conf::Error::new(
@@ -267,7 +369,7 @@ pub fn parse(text: &str, base: &Path) -> Result<EdgeConfig, Errors> {
     }
 }
 
-fn read_hub(t: &mut Table<'_>, base: &Path, errors: &mut Errors) -> Option<Hub> {
+fn read_hub(t: &mut Table<'_>, base: &Path, files: Files, errors: &mut Errors) -> Option<Hub> {
     let address = errors.opt(t.str("address"));
     if address.is_none() {
         errors.push(t.error("address", "missing: the hub as \"host:port\""));
@@ -308,6 +410,9 @@ fn read_hub(t: &mut Table<'_>, base: &Path, errors: &mut Errors) -> Option<Hub> 
     }
     let credentials = match (cert, key, token_file) {
         (Some(cert), Some(key), None) => Some(Credentials::Certificate { cert, key }),
+        // Checked without its files: the config is only validated and
+        // thrown away, so the token it would carry is never used.
+        (None, None, Some(_)) if files == Files::Skip => Some(Credentials::Token(String::new())),
         (None, None, Some(file)) => match std::fs::read_to_string(&file) {
             Ok(token) if !token.trim().is_empty() => {
                 Some(Credentials::Token(token.trim().to_owned()))
@@ -343,6 +448,196 @@ fn read_hub(t: &mut Table<'_>, base: &Path, errors: &mut Errors) -> Option<Hub> 
         broker,
         source_address,
     })
+}
+
+/// Reads `[board]`; `memory_max` is checked against the proxy's budget.
+fn read_board(t: &mut Table<'_>, proxy: &ProxyConfig, errors: &mut Errors) -> Option<Board> {
+    let model = errors.opt(t.str("model"));
+    match model {
+        None => errors.push(t.error(
+            "model",
+            "missing: the board model, the name of its file under board-configs/boards/, \
+             e.g. model = \"rpi-zero-w\"",
+        )),
+        Some(m) if !is_dns_label(m) => errors.push(t.error(
+            "model",
+            format!("{m:?} is not a board model: lowercase letters, digits and '-', like \"rpi-zero-w\""),
+        )),
+        Some(_) => {}
+    }
+    let known = || {
+        TARGETS
+            .iter()
+            .map(|(t, _)| *t)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let target = errors.opt(t.str("target"));
+    match target {
+        None => errors.push(t.error(
+            "target",
+            format!(
+                "missing: the Rust target of the board's binary, one of {}",
+                known()
+            ),
+        )),
+        Some(target) if !TARGETS.iter().any(|(t, _)| *t == target) => errors.push(t.error(
+            "target",
+            format!(
+                "{target:?} is not a supported Rust target; use one of {}",
+                known()
+            ),
+        )),
+        Some(_) => {}
+    }
+    let memory_max = read_memory_max(t, proxy, errors);
+    let (model, target, memory_max) = (model?, target?, memory_max?);
+    (is_dns_label(model) && TARGETS.iter().any(|(t, _)| *t == target)).then(|| Board {
+        model: model.to_owned(),
+        target: target.to_owned(),
+        memory_max,
+    })
+}
+
+/// `memory_max` is copied as text into the systemd unit (`MemoryMax=`) by
+/// the image build, so it must be a quoted whole number of KiB, MiB or GiB
+/// (systemd's K, M and G), and it must leave the proxy's budget room below
+/// it: the budget sheds load, the cap kills.
+fn read_memory_max(t: &mut Table<'_>, proxy: &ProxyConfig, errors: &mut Errors) -> Option<u64> {
+    const FORMAT: &str = "a quoted whole number of KiB, MiB or GiB like \"64MiB\" \
+        (the image build copies it into the systemd unit's MemoryMax=)";
+    let text = match t.str("memory_max") {
+        Ok(Some(text)) => text,
+        Ok(None) => {
+            errors.push(t.error(
+                "memory_max",
+                format!("missing: the board's hard memory cap, {FORMAT}"),
+            ));
+            return None;
+        }
+        Err(_) => {
+            errors.push(t.error("memory_max", format!("write {FORMAT}")));
+            return None;
+        }
+    };
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = text.strip_prefix(digits).unwrap_or("");
+    let well_formed = matches!(unit, "KiB" | "MiB" | "GiB")
+        && !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit());
+    let bytes = match tether_conf::parse_bytes(text) {
+        Ok(bytes) if well_formed => bytes,
+        _ => {
+            errors.push(t.error("memory_max", format!("{text:?}: write {FORMAT}")));
+            return None;
+        }
+    };
+    if bytes <= proxy.memory_budget {
+        errors.push(t.error(
+            "memory_max",
+            format!(
+                "{text} must be larger than proxy.memory_budget ({}): the budget is where the \
+                 edge sheds load, so the hard cap above it must leave room; raise \
+                 board.memory_max or lower proxy.memory_budget",
+                show_bytes(proxy.memory_budget)
+            ),
+        ));
+        return None;
+    }
+    Some(bytes)
+}
+
+/// A byte count as a person would write it in the config.
+fn show_bytes(n: u64) -> String {
+    match n {
+        0 => "0".to_owned(),
+        n if n % (1 << 30) == 0 => format!("{}GiB", n >> 30),
+        n if n % (1 << 20) == 0 => format!("{}MiB", n >> 20),
+        n if n % (1 << 10) == 0 => format!("{}KiB", n >> 10),
+        n => format!("{n} bytes"),
+    }
+}
+
+/// Reads `[labels]`: every key a Kubernetes label key, every value a string
+/// that is a Kubernetes label value.
+fn read_labels(t: &mut Table<'_>, errors: &mut Errors) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    for key in t.keys() {
+        let value = match t.str(key) {
+            Ok(Some(v)) => v,
+            Ok(None) => continue,
+            Err(_) => {
+                errors.push(t.error(key, "a label's value is a string in quotes"));
+                continue;
+            }
+        };
+        if let Err(why) = check_label_key(key) {
+            errors.push(t.error(key, format!("not a Kubernetes label key: {why}")));
+        }
+        if let Err(why) = check_label_value(value) {
+            errors.push(t.error(
+                key,
+                format!("{value:?} is not a Kubernetes label value: {why}"),
+            ));
+        }
+        labels.insert(key.to_owned(), value.to_owned());
+    }
+    labels
+}
+
+/// A Kubernetes label key's name part: 1-63 characters, letters, digits,
+/// '-', '_' and '.', starting and ending with a letter or digit. A prefix
+/// (`example.com/`) cannot be written: the config format has no quoted
+/// keys, and bare keys hold neither '.' nor '/'.
+fn check_label_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > 63 {
+        return Err(format!("it has {} characters; write 1 to 63", key.len()));
+    }
+    check_label_chars(key)
+}
+
+/// A Kubernetes label value: empty, or like a key's name part.
+fn check_label_value(value: &str) -> Result<(), String> {
+    if value.len() > 63 {
+        return Err(format!(
+            "it has {} characters; write at most 63",
+            value.len()
+        ));
+    }
+    if value.is_empty() {
+        return Ok(());
+    }
+    check_label_chars(value)
+}
+
+/// The characters Kubernetes allows in a label name or value.
+fn check_label_chars(s: &str) -> Result<(), String> {
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "{c:?} is not allowed; use letters, digits, '-', '_' and '.'"
+        ));
+    }
+    let alnum = |c: char| c.is_ascii_alphanumeric();
+    if !s.starts_with(alnum) || !s.ends_with(alnum) {
+        return Err("it must start and end with a letter or digit".to_owned());
+    }
+    Ok(())
+}
+
+/// A DNS-1123 label, as Kubernetes names many things: 1-63 lowercase
+/// letters, digits and '-', starting and ending with a letter or digit.
+/// Units, board models and sites are named so; the latter two are also
+/// file names, which this keeps free of '/' and "..".
+pub(crate) fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
 }
 
 impl Default for ProxyConfig {
@@ -521,5 +816,130 @@ mod tests {
         ] {
             assert!(e.contains(needle), "{needle:?} not in:\n{e}");
         }
+    }
+
+    const MINIMAL: &str =
+        "node = \"edge-1\"\n[hub]\naddress = \"127.0.0.1:7443\"\nplaintext = true\n";
+
+    #[test]
+    fn board_unit_and_labels() {
+        let c = parse(
+            &format!(
+                "unit = \"bench-a\"\n{MINIMAL}[board]\nmodel = \"rpi-zero-w\"\n\
+                 target = \"arm-unknown-linux-musleabihf\"\nmemory_max = \"48MiB\"\n\
+                 [labels]\nzone = \"north\"\nrow_3 = \"\"\n"
+            ),
+            Path::new("/"),
+        )
+        .expect("valid");
+        let board = c.board.expect("board");
+        assert_eq!(board.model, "rpi-zero-w");
+        assert_eq!(board.memory_max, 48 << 20);
+        assert_eq!(board.arch(), "arm");
+        assert_eq!(c.unit.as_deref(), Some("bench-a"));
+        assert_eq!(c.labels.get("zone").map(String::as_str), Some("north"));
+        assert_eq!(c.labels.get("row_3").map(String::as_str), Some(""));
+        // Without the tables, nothing is required.
+        let c = parse(MINIMAL, Path::new("/")).expect("valid");
+        assert!(c.board.is_none() && c.unit.is_none() && c.labels.is_empty());
+    }
+
+    #[test]
+    fn arch_mismatch_names_both() {
+        let board = Board {
+            model: "rpi-4".into(),
+            target: "aarch64-unknown-linux-musl".into(),
+            memory_max: 96 << 20,
+        };
+        assert_eq!(board.arch_mismatch("aarch64"), None);
+        let warning = board.arch_mismatch("x86_64").expect("mismatch");
+        assert!(
+            warning.contains("aarch64") && warning.contains("x86_64"),
+            "{warning}"
+        );
+    }
+
+    #[test]
+    fn memory_max_must_exceed_the_budget() {
+        let board = |max: &str| {
+            format!(
+                "{MINIMAL}[proxy]\nmemory_budget = \"20MiB\"\n[board]\nmodel = \"rpi-3\"\n\
+                 target = \"aarch64-unknown-linux-musl\"\nmemory_max = {max}\n"
+            )
+        };
+        let e = errors(&board("\"16MiB\""));
+        assert!(
+            e.contains(
+                "line 10: board.memory_max: 16MiB must be larger than proxy.memory_budget (20MiB)"
+            ),
+            "{e}"
+        );
+        let e = errors(&board("\"20MiB\""));
+        assert!(e.contains("board.memory_max: 20MiB must be larger"), "{e}");
+        for bad in [
+            "67108864",
+            "\"64MB\"",
+            "\"64 MiB\"",
+            "\"1.5GiB\"",
+            "\"MiB\"",
+        ] {
+            let e = errors(&board(bad));
+            assert!(
+                e.contains("line 10: board.memory_max:") && e.contains("MemoryMax="),
+                "{bad}: {e}"
+            );
+        }
+        parse(&board("\"21MiB\""), Path::new("/")).expect("valid");
+    }
+
+    #[test]
+    fn board_errors_named() {
+        let e = errors(&format!(
+            "{MINIMAL}[board]\nmodel = \"Pi Zero\"\ntarget = \"armv6-linux\"\nmemory_max = \"64MiB\"\ncolour = \"red\"\n"
+        ));
+        for needle in [
+            "line 6: board.model: \"Pi Zero\" is not a board model",
+            "line 7: board.target: \"armv6-linux\" is not a supported Rust target; use one of arm-unknown-linux-musleabihf",
+            "line 9: board.colour: unknown key",
+        ] {
+            assert!(e.contains(needle), "{needle:?} not in:\n{e}");
+        }
+        let e = errors(&format!("{MINIMAL}[board]\n"));
+        for key in ["model", "target", "memory_max"] {
+            assert!(e.contains(&format!("board.{key}: missing")), "{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn unit_and_label_syntax() {
+        let e = errors(&format!(
+            "unit = \"Bench A\"\n{MINIMAL}[labels]\nzone- = \"a\"\n_x = \"b\"\nrow = \"-3\"\nok = 3\n\
+             {long} = \"v\"\nshelf = \"{long}\"\ncolour = \"a/b\"\n",
+            long = "a".repeat(64)
+        ));
+        for needle in [
+            "line 1: unit: \"Bench A\" is not a unit name",
+            "line 7: labels.zone-: not a Kubernetes label key: it must start and end",
+            "line 8: labels._x: not a Kubernetes label key",
+            "line 9: labels.row: \"-3\" is not a Kubernetes label value",
+            "line 10: labels.ok: a label's value is a string",
+            "line 11: labels.aaaa",
+            "it has 64 characters; write 1 to 63",
+            "line 12: labels.shelf:",
+            "line 13: labels.colour: \"a/b\" is not a Kubernetes label value: '/' is not allowed",
+        ] {
+            assert!(e.contains(needle), "{needle:?} not in:\n{e}");
+        }
+    }
+
+    #[test]
+    fn validate_does_not_read_the_token() {
+        let text = "node = \"edge-1\"\n[hub]\naddress = \"hub.example:7443\"\nca = \"ca.pem\"\ntoken_file = \"/nonexistent/token\"\n";
+        validate(text, Path::new("/")).expect("valid without reading the token");
+        let e = errors(text);
+        assert!(
+            e.contains("hub.token_file: cannot read /nonexistent/token"),
+            "{e}"
+        );
     }
 }

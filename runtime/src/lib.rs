@@ -27,6 +27,7 @@ pub mod announce;
 pub mod apiclient;
 pub mod cache;
 pub mod config;
+pub mod fleet;
 pub mod forward;
 pub mod http;
 pub mod kube;

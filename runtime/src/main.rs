@@ -2,9 +2,10 @@
 //! and serves forwards and hub-opened streams, all on one thread.
 
 use futures_lite::FutureExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tether_conf::cli;
-use tether_edge::{config, forward, services, shutdown, uplink};
+use tether_edge::{config, fleet, forward, services, shutdown, uplink};
 
 const HELP: &str = "\
 tether-edge: the Tether runtime on an edge board. Keeps one outbound,
@@ -13,12 +14,20 @@ TLS-protected link to tether-hub and carries streams over it.
 USAGE:
     tether-edge [run] [--config FILE] [--log-level LEVEL]
     tether-edge check-config FILE
+    tether-edge render-config FLEET_FILE NODE [--boards DIR]
     tether-edge --help | --version
 
 COMMANDS:
     run             Run the edge (the default).
     check-config    Check a config file, print every error with its line
-                    and key, exit 0 if it is valid, 1 if not.
+                    and key, exit 0 if it is valid, 1 if not. Given a
+                    fleet file (one with site = \"...\" and [[node]]
+                    tables), render and check every node's config.
+    render-config   Print the config of NODE of the fleet FLEET_FILE: its
+                    board's file, the fleet's site settings and the node's
+                    [[node]] entry merged, later wins. Board files are
+                    DIR/<board>.toml [default: ../boards from the fleet
+                    file's folder]. See board-configs/README.md.
 
 OPTIONS:
     -c, --config FILE      Config file [default: /etc/tether/edge.toml]
@@ -30,6 +39,27 @@ OPTIONS:
 CONFIG FILE (a strict TOML subset; unknown keys are errors):
     node = \"edge-1\"                 This node's Kubernetes name (required).
     log_level = \"info\"              error, warn, info, debug, trace.
+    unit = \"bench-a\"                The health unit the edge belongs to
+                                    (lowercase letters, digits, '-')
+                                    [default: none].
+
+    [labels]                        The node's labels, key = \"value\":
+    zone = \"north\"                  Kubernetes label keys (no prefix: a
+                                    key here cannot hold '.' or '/') and
+                                    values (at most 63 characters).
+
+    [board]                         The board the file is for (optional;
+    model = \"rpi-zero-w\"            board-configs/boards/ has one each).
+    target = \"arm-unknown-linux-musleabihf\"
+                                    Rust target of its binary: arm-unknown-
+                                    linux-musleabihf, armv7-unknown-linux-
+                                    gnueabihf or -musleabihf, thumbv7neon-
+                                    unknown-linux-gnueabihf, aarch64- or
+                                    x86_64-unknown-linux-gnu or -musl. A
+                                    binary of another arch warns at start.
+    memory_max = \"48MiB\"            The hard cap the systemd unit sets
+                                    (MemoryMax=): quoted, whole KiB, MiB or
+                                    GiB, larger than proxy.memory_budget.
 
     [hub]
     address = \"hub.example:7443\"    tether-hub as host:port (required).
@@ -109,17 +139,82 @@ fn main() -> ExitCode {
         default_config: "/etc/tether/edge.toml",
         reports: &[],
     };
-    cli::main(
-        program,
-        |path| config::load(path).map(|_| ()),
-        run,
-        |name, _| Err(format!("unknown report {name:?}")),
-    )
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // A command of its own shape (two operands), outside the shared command line.
+    if args.first().is_some_and(|a| a == "render-config") {
+        return render_config(args.get(1..).unwrap_or_default());
+    }
+    cli::main(program, check, run, |name, _| {
+        Err(format!("unknown report {name:?}"))
+    })
+}
+
+/// `check-config`: an edge config, or a fleet file, whose every node is
+/// rendered and checked.
+fn check(path: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    if fleet::is_fleet(&text) {
+        fleet::Fleet::read(path, &fleet::default_boards(path))?.check()
+    } else {
+        config::load(path).map(|_| ())
+    }
+}
+
+/// `render-config FLEET_FILE NODE [--boards DIR]`: prints the node's config
+/// on stdout; exit codes as for the other commands (1: a problem in the
+/// files, 2: a bad command line).
+fn render_config(args: &[String]) -> ExitCode {
+    let mut operands = Vec::new();
+    let mut boards = None;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "-h" | "--help" => {
+                print!("{HELP}");
+                return ExitCode::SUCCESS;
+            }
+            "--boards" => match it.next() {
+                Some(dir) => boards = Some(PathBuf::from(dir)),
+                None => return usage("--boards needs a DIR"),
+            },
+            other if other.starts_with('-') => {
+                return usage(&format!("unknown argument {other:?}"))
+            }
+            other => operands.push(other),
+        }
+    }
+    let [fleet_file, node] = operands[..] else {
+        return usage("render-config needs FLEET_FILE and NODE");
+    };
+    let fleet_file = Path::new(fleet_file);
+    let boards = boards.unwrap_or_else(|| fleet::default_boards(fleet_file));
+    match fleet::Fleet::read(fleet_file, &boards).and_then(|f| f.render(node)) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A bad command line: says why, exit code 2.
+fn usage(why: &str) -> ExitCode {
+    eprintln!("tether-edge: {why}\nTry 'tether-edge --help'.");
+    ExitCode::from(2)
 }
 
 fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> {
     let cfg = config::load(path)?;
     tether_link::logger::init(log_level.as_deref().unwrap_or(&cfg.log_level))?;
+    if let Some(board) = &cfg.board {
+        if let Some(warning) = board.arch_mismatch(std::env::consts::ARCH) {
+            log::warn!("{warning}");
+        }
+    }
     let tls = uplink::tls_connector(&cfg.hub)?;
     let terminated = shutdown::on_termination()?;
     // One thread: the executor runs here; async-io adds only its reactor.
