@@ -10,6 +10,8 @@
 //! - [`topic`]: node names and the topics a node may use.
 //! - [`frame`]: the postcard-encoded stream frames inside a PUBLISH.
 //! - [`mux`]: streams, their buffers and per-stream credit.
+//! - [`pace`]: the in-flight byte window that keeps the queue one bulk
+//!   stream builds on a slow path short, so other streams are not starved.
 //! - [`session`]: one node's MQTT session: QoS 1 in flight, exactly-once
 //!   delivery across reconnects, keepalive. Sans IO.
 //! - [`accept`]: the hub reading a link's CONNECT before a session exists.
@@ -31,6 +33,7 @@ pub mod io;
 pub mod logger;
 pub mod mqtt;
 pub mod mux;
+pub mod pace;
 pub mod relay;
 pub mod session;
 pub mod tls;

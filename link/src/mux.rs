@@ -557,10 +557,15 @@ impl Mux {
             }
             if !s.send_buf.is_empty() {
                 s.queued = true;
-                self.ready.push_back(id);
                 if n == 0 {
-                    return; // batch full
+                    // Batch full before this stream's turn: it goes first
+                    // in the next batch. Put back behind the stream that
+                    // filled this one, it would lose every turn to a bulk
+                    // stream when batches hold one frame.
+                    self.ready.push_front(id);
+                    return;
                 }
+                self.ready.push_back(id);
                 turns += 1; // its next chunk takes another turn
             }
         }

@@ -19,6 +19,7 @@
 use crate::frame::{read_batch, BatchHeader, BatchWriter, ResetCode};
 use crate::mqtt::{self, Connack, Connect, ConnectReturnCode, Packet, Pid, Protocol, QoS, QosPid};
 use crate::mux::{Mux, Route, Side};
+use crate::pace::{Pacer, Stamp, FLOOR};
 use crate::topic::NodeName;
 use crate::LinkError;
 use std::collections::VecDeque;
@@ -42,6 +43,10 @@ pub struct Config {
     pub max_inflight: usize,
     /// Most streams open at once on this link.
     pub max_streams: usize,
+    /// Queue delay the in-flight byte window aims at on a slow path, so one
+    /// bulk stream cannot hold every other stream's frames back for long
+    /// (see [`crate::pace`]); zero: no pacing, only `max_inflight`.
+    pub queue_delay: Duration,
     /// Edge behind a broker: route each stream to the hub replica that
     /// accepted it (see [`Mux::new_routed`]). Set by the program, not read
     /// from `[link]`.
@@ -56,6 +61,7 @@ impl Default for Config {
             max_batch: 128 * 1024,
             max_inflight: 16,
             max_streams: 4096,
+            queue_delay: Duration::from_millis(20),
             routed: false,
         }
     }
@@ -111,12 +117,21 @@ impl Config {
             Some(k) => k,
             None => d.keepalive,
         };
+        let queue_delay = match errors.opt(table.duration("queue_delay")) {
+            Some(v) if v > Duration::from_secs(10) => {
+                errors.push(table.error("queue_delay", "must be at most 10s (\"0s\": no pacing)"));
+                d.queue_delay
+            }
+            Some(v) => v,
+            None => d.queue_delay,
+        };
         Config {
             keepalive,
             max_packet,
             max_batch,
             max_inflight,
             max_streams,
+            queue_delay,
             routed: false,
         }
     }
@@ -162,7 +177,14 @@ struct Conn {
 struct InFlight {
     pid: u16,
     packet: Vec<u8>,
+    /// None once resent: its ack could be the first sending's or the
+    /// second's, so it says nothing about the path.
+    stamp: Option<Stamp>,
 }
+
+/// A publish never takes less room than this unless nothing else is in
+/// flight: below it, waiting for an ack beats sending a sliver.
+const MIN_BATCH: usize = FLOOR / 4;
 
 /// Senders whose sequence numbers a receiver remembers (a hub and its
 /// restarted self, or several hub replicas behind a broker).
@@ -182,6 +204,9 @@ pub struct Session {
     /// Highest sequence number seen per (sender, lane), most recent last.
     seen: Vec<((u32, u32), u64)>,
     inflight: VecDeque<InFlight>,
+    /// Bytes of the packets in `inflight`.
+    inflight_bytes: usize,
+    pacer: Pacer,
     next_pid: u16,
     mux: Mux,
     conn: Option<Conn>,
@@ -218,11 +243,13 @@ impl Session {
                 }
                 mux
             },
+            pacer: Pacer::new(cfg.queue_delay, cfg.max_inflight * cfg.max_batch),
             cfg,
             sender,
             next_seq: Vec::new(),
             seen: Vec::new(),
             inflight: VecDeque::new(),
+            inflight_bytes: 0,
             next_pid: 1,
             conn: None,
             out: Vec::new(),
@@ -343,6 +370,7 @@ impl Session {
     pub fn disconnected(&mut self) {
         self.conn = None;
         self.out.clear();
+        self.pacer.reset();
     }
 
     /// Queues a DISCONNECT (edge shutting down cleanly).
@@ -435,7 +463,12 @@ impl Session {
                         id.get()
                     )));
                 };
-                self.inflight.remove(pos);
+                if let Some(f) = self.inflight.remove(pos) {
+                    self.inflight_bytes -= f.packet.len();
+                    if let Some(stamp) = f.stamp {
+                        self.pacer.acked(now, stamp, f.packet.len());
+                    }
+                }
                 Ok(())
             }
             (Side::Hub, Some(Phase::Up), Packet::Subscribe(s)) => {
@@ -540,6 +573,7 @@ impl Session {
     /// is in flight is dropped and every stream is reset for `reason`.
     pub fn peer_restarted(&mut self, reason: &str) {
         self.inflight.clear();
+        self.inflight_bytes = 0;
         self.seen.clear();
         self.mux.reset_all(ResetCode::SessionLost, reason);
     }
@@ -547,6 +581,7 @@ impl Session {
     fn resend(&mut self) -> usize {
         for f in &mut self.inflight {
             f.packet[0] |= 0x08; // DUP
+            f.stamp = None;
             self.out.extend_from_slice(&f.packet);
         }
         self.resent_total += self.inflight.len() as u64;
@@ -599,7 +634,7 @@ impl Session {
     /// has into publishes (as far as the in-flight limit allows).
     pub fn transmit(&mut self, now: Instant) -> Vec<u8> {
         if self.is_up() {
-            while self.inflight.len() < self.cfg.max_inflight {
+            while let Some(limit) = self.batch_room() {
                 let Some(route) = self.mux.next_route() else {
                     break;
                 };
@@ -610,12 +645,12 @@ impl Session {
                     lane,
                     seq,
                 });
-                self.mux.fill(&mut batch, self.cfg.max_batch, route);
+                self.mux.fill(&mut batch, limit, route);
                 if batch.is_empty() {
                     self.untake_seq(lane);
                     break;
                 }
-                self.publish(&batch.finish(), route);
+                self.publish(now, &batch.finish(), route);
             }
         }
         let out = std::mem::take(&mut self.out);
@@ -630,12 +665,32 @@ impl Session {
     /// Whether [`Session::transmit`] would return anything.
     pub fn wants_to_transmit(&self) -> bool {
         !self.out.is_empty()
-            || (self.is_up()
-                && self.inflight.len() < self.cfg.max_inflight
-                && self.mux.wants_to_send())
+            || (self.is_up() && self.batch_room().is_some() && self.mux.wants_to_send())
     }
 
-    fn publish(&mut self, payload: &[u8], route: Route) {
+    /// The stream bytes the next publish may carry, if one may go out now:
+    /// within `max_inflight` publishes and the pacer's byte window.
+    fn batch_room(&self) -> Option<usize> {
+        if self.inflight.len() >= self.cfg.max_inflight {
+            return None;
+        }
+        let window = self.pacer.window();
+        let room = window.saturating_sub(self.inflight_bytes);
+        if room < MIN_BATCH && !self.inflight.is_empty() {
+            return None;
+        }
+        // Four publishes or more per window: the path never waits for an
+        // ack to have something to carry, and a frame of another stream
+        // waits for a quarter window of room, not half of it.
+        Some(room.min(window / 4).clamp(MIN_BATCH, self.cfg.max_batch))
+    }
+
+    /// Unacknowledged bytes this side may have out now (see [`crate::pace`]).
+    pub fn window(&self) -> usize {
+        self.pacer.window()
+    }
+
+    fn publish(&mut self, now: Instant, payload: &[u8], route: Route) {
         let id = self.take_pid();
         let routed;
         let topic = match (self.side, route) {
@@ -660,7 +715,13 @@ impl Session {
             return;
         }
         self.out.extend_from_slice(&packet);
-        self.inflight.push_back(InFlight { pid: id, packet });
+        let stamp = self.pacer.stamp(now, self.inflight.is_empty());
+        self.inflight_bytes += packet.len();
+        self.inflight.push_back(InFlight {
+            pid: id,
+            packet,
+            stamp: Some(stamp),
+        });
     }
 
     /// The next sequence number of `lane`. Lanes are the routes the mux

@@ -1,0 +1,284 @@
+//! The session's in-flight byte window: how many unacknowledged bytes one
+//! side may have out, sized so the queue it builds on a slow path stays
+//! near a target delay.
+//!
+//! Why: every stream of a node shares one connection. With a fixed window
+//! (`max_inflight` × `max_batch`, 2 MiB by default) one bulk stream (a
+//! large port-forward, a log download) fills whatever queue sits on a slow
+//! path, and every other stream's frames wait behind it: at 1 MB/s, two
+//! seconds before the node's next API request gets through. A window of
+//! about one bandwidth-delay product plus a little keeps the bulk stream at
+//! the path's full rate while the others wait only that little.
+//!
+//! How, sans IO (instants in, a byte count out): each acknowledged publish
+//! gives a round-trip sample and a delivery-rate sample (the bytes
+//! acknowledged between its sending and its ack, per second of that time,
+//! as BBR measures it). The window is the recent top delivery rate times
+//! (the base round trip + the target delay). At the path's rate that leaves
+//! about `target` of queue. When the path could carry more, the rates
+//! measured grow, and with them the window, by (base + target) / base per
+//! round trip.
+//!
+//! The base round trip is the least seen. A queue this side keeps up
+//! would hide the true least, and a window sized on a queued round trip
+//! keeps that queue up: so when the least has not been seen again for
+//! [`BASE_WINDOW`] ([`FIRST_PROBE`] after a connect), the window drops to
+//! [`FLOOR`] until a publish sent into the drained queue comes back, and
+//! its round trip is the base from then on (BBR's ProbeRTT, in short). That
+//! costs about `target` of sending every ten seconds, and also lets a path
+//! that got longer (another route, another access point) be believed.
+//!
+//! A round trip includes the publish's own time on the path (its ack comes
+//! once its last byte is through), so the base is a little high, by at
+//! most FLOOR at the path's rate. It is not taken off: with a rate measured
+//! while the sender was idle, that would make the base too low, and a
+//! window sized on it would shrink with each round trip to the floor.
+
+use std::time::{Duration, Instant};
+
+/// The smallest window: a kubelet request and its headers pass at once,
+/// while on a 1 MB/s path it is only 4 ms of queue.
+pub const FLOOR: usize = 4 * 1024;
+
+/// How long a least round trip stands for the path's base delay before
+/// it is measured again.
+pub const BASE_WINDOW: Duration = Duration::from_secs(10);
+
+/// When the base is first measured again after a connect: the first
+/// samples come while the window is still wide open, queue and all.
+pub const FIRST_PROBE: Duration = Duration::from_secs(1);
+
+/// How long a top delivery rate stands for the path's rate; after that a
+/// slower path (a Wi-Fi link that degraded) shrinks the window.
+pub const RATE_WINDOW: Duration = Duration::from_secs(2);
+
+/// What a publish carries from its sending to its ack, for the samples.
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp {
+    sent_at: Instant,
+    /// Bytes acknowledged in all when it was sent, and when the last of
+    /// those acks came: the start of its delivery-rate interval.
+    delivered: u64,
+    delivered_at: Instant,
+}
+
+/// One side's window; see the module docs.
+#[derive(Debug)]
+pub struct Pacer {
+    /// Queue delay aimed at; zero turns pacing off (the window is the ceiling).
+    target: Duration,
+    ceiling: usize,
+    /// Least round trip and when it was seen.
+    base: Option<(Duration, Instant)>,
+    /// Top delivery rate (bytes per second) and when it was seen.
+    rate: Option<(f64, Instant)>,
+    delivered: u64,
+    delivered_at: Option<Instant>,
+    /// Draining the queue to measure the base again, since then.
+    draining: Option<Instant>,
+    /// A drain has measured the base on this connection.
+    probed: bool,
+}
+
+impl Pacer {
+    /// A window that aims at `target` of queue and never exceeds `ceiling`
+    /// bytes. Until the first samples it is the ceiling.
+    pub fn new(target: Duration, ceiling: usize) -> Pacer {
+        Pacer {
+            target,
+            ceiling: ceiling.max(FLOOR),
+            base: None,
+            rate: None,
+            delivered: 0,
+            delivered_at: None,
+            draining: None,
+            probed: false,
+        }
+    }
+
+    /// Unacknowledged bytes allowed now.
+    pub fn window(&self) -> usize {
+        if self.target.is_zero() {
+            return self.ceiling;
+        }
+        if self.draining.is_some() {
+            return FLOOR;
+        }
+        let (Some((base, _)), Some((rate, _))) = (self.base, self.rate) else {
+            return self.ceiling;
+        };
+        let bytes = rate * (base + self.target).as_secs_f64();
+        // Saturating float-to-int conversion; the clamp keeps it in range.
+        (bytes as usize).clamp(FLOOR, self.ceiling)
+    }
+
+    /// The stamp of a publish sent at `now`; `idle` says nothing else was
+    /// in flight, so the time since the last ack was idle, not delivery,
+    /// and does not count towards the rate.
+    pub fn stamp(&mut self, now: Instant, idle: bool) -> Stamp {
+        if idle || self.delivered_at.is_none() {
+            self.delivered_at = Some(now);
+        }
+        Stamp {
+            sent_at: now,
+            delivered: self.delivered,
+            delivered_at: self.delivered_at.unwrap_or(now),
+        }
+    }
+
+    /// The publish of `stamp`, `bytes` long, was acknowledged at `now`.
+    pub fn acked(&mut self, now: Instant, stamp: Stamp, bytes: usize) {
+        let rtt = now.saturating_duration_since(stamp.sent_at);
+        self.delivered += bytes as u64;
+        self.delivered_at = Some(now);
+        let interval = now.saturating_duration_since(stamp.delivered_at);
+        if !interval.is_zero() {
+            let sample = (self.delivered - stamp.delivered) as f64 / interval.as_secs_f64();
+            self.rate = match self.rate {
+                Some((top, at)) if top > sample && now.duration_since(at) < RATE_WINDOW => {
+                    Some((top, at))
+                }
+                _ => Some((sample, now)),
+            };
+        }
+        if let Some(since) = self.draining {
+            // Sent into the drained queue: behind FLOOR bytes at most.
+            if stamp.sent_at >= since {
+                self.draining = None;
+                self.probed = true;
+                self.base = Some((rtt, now));
+            }
+            return;
+        }
+        let stands = if self.probed {
+            BASE_WINDOW
+        } else {
+            FIRST_PROBE
+        };
+        self.base = match self.base {
+            Some((least, at)) if least < rtt => {
+                if now.duration_since(at) >= stands && !self.target.is_zero() {
+                    self.draining = Some(now);
+                }
+                Some((least, at))
+            }
+            _ => Some((rtt, now)),
+        };
+    }
+
+    /// The connection was lost: what the samples said about it may not hold
+    /// for the next one (another route, another access point).
+    pub fn reset(&mut self) {
+        *self = Pacer::new(self.target, self.ceiling);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A path of `rate` bytes per second behind one FIFO queue, with `base`
+    /// round trip: publishes are sent whenever the window allows and the
+    /// sender always has more. Returns the mean queue delay seen by the
+    /// last quarter of publishes and the rate delivered.
+    fn run(rate: f64, base: Duration, target: Duration, publish: usize) -> (Duration, f64) {
+        let start = Instant::now();
+        let mut pacer = Pacer::new(target, 2 << 20);
+        let mut now = start;
+        // (ack time, stamp, bytes) of publishes in flight, in order.
+        let mut flight: std::collections::VecDeque<(Instant, Stamp, usize)> = Default::default();
+        let mut queued = 0usize;
+        let mut link_free = start;
+        let mut delays = Vec::new();
+        let mut delivered = 0usize;
+        let end = start + Duration::from_secs(30);
+        while now < end {
+            while queued + publish <= pacer.window().max(publish) {
+                let stamp = pacer.stamp(now, queued == 0);
+                let begin = link_free.max(now);
+                link_free = begin + Duration::from_secs_f64(publish as f64 / rate);
+                delays.push(begin - now);
+                flight.push_back((link_free + base, stamp, publish));
+                queued += publish;
+            }
+            let Some((at, stamp, bytes)) = flight.pop_front() else {
+                break;
+            };
+            now = at;
+            queued -= bytes;
+            delivered += bytes;
+            pacer.acked(now, stamp, bytes);
+        }
+        let tail = &delays[delays.len() * 3 / 4..];
+        let mean = tail.iter().sum::<Duration>() / tail.len() as u32;
+        (mean, delivered as f64 / (now - start).as_secs_f64())
+    }
+
+    #[test]
+    fn slow_path_keeps_the_queue_near_the_target() {
+        let target = Duration::from_millis(20);
+        let (delay, rate) = run(1e6, Duration::from_millis(2), target, 2048);
+        assert!(delay < Duration::from_millis(35), "queue delay {delay:?}");
+        assert!(rate > 0.95e6, "rate {rate}");
+    }
+
+    #[test]
+    fn long_path_keeps_its_rate() {
+        // 10 MB/s over 100 ms: the window must open to a full BDP and more.
+        let (delay, rate) = run(
+            10e6,
+            Duration::from_millis(100),
+            Duration::from_millis(20),
+            16384,
+        );
+        assert!(delay < Duration::from_millis(40), "queue delay {delay:?}");
+        assert!(rate > 9e6, "rate {rate}");
+    }
+
+    #[test]
+    fn fast_path_opens_to_the_ceiling() {
+        let mut pacer = Pacer::new(Duration::from_millis(20), 2 << 20);
+        let t0 = Instant::now();
+        let s = pacer.stamp(t0, true);
+        pacer.acked(t0 + Duration::from_millis(1), s, 1 << 20);
+        assert_eq!(pacer.window(), 2 << 20);
+    }
+
+    #[test]
+    fn off_is_the_ceiling() {
+        let mut pacer = Pacer::new(Duration::ZERO, 1 << 20);
+        let t0 = Instant::now();
+        let s = pacer.stamp(t0, true);
+        pacer.acked(t0 + Duration::from_secs(1), s, 1000);
+        assert_eq!(pacer.window(), 1 << 20);
+    }
+
+    #[test]
+    fn a_stale_base_drains_to_the_floor_then_resamples() {
+        let mut pacer = Pacer::new(Duration::from_millis(20), 2 << 20);
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let s = pacer.stamp(t0, true);
+        pacer.acked(t0 + ms(10), s, 10);
+        // Longer round trips for FIRST_PROBE: a queue is up.
+        let t1 = t0 + FIRST_PROBE + ms(10);
+        let s = pacer.stamp(t1, false);
+        pacer.acked(t1 + ms(30), s, 10);
+        assert!(pacer.draining.is_some());
+        assert_eq!(pacer.window(), FLOOR);
+        // An ack of something sent before the drain does not end it...
+        pacer.acked(t1 + ms(35), s, 10);
+        assert!(pacer.draining.is_some());
+        // ...one sent after it does, its round trip the new base...
+        let t2 = t1 + ms(40);
+        let s = pacer.stamp(t2, false);
+        pacer.acked(t2 + ms(50), s, 10);
+        assert!(pacer.draining.is_none());
+        assert!(pacer.base.is_some_and(|(b, _)| b > ms(45)));
+        // ...which stands for BASE_WINDOW from then on.
+        let t3 = t2 + ms(50) + FIRST_PROBE + ms(10);
+        let s = pacer.stamp(t3, false);
+        pacer.acked(t3 + ms(80), s, 10);
+        assert!(pacer.draining.is_none());
+    }
+}
