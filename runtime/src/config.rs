@@ -192,6 +192,14 @@ pub fn load(path: &Path) -> Result<EdgeConfig, String> {
     tether_conf::cli::load(path, parse)
 }
 
+/// Checks the config file at `path` as `check-config` does: every key and
+/// value, but none of the files it names (the token, like the certificates,
+/// may exist only on the board the file is for). The error lists every
+/// problem with its line and key.
+pub fn check(path: &Path) -> Result<(), String> {
+    tether_conf::cli::load(path, validate)
+}
+
 /// Parses config text; relative paths are taken from `base`.
 pub fn parse(text: &str, base: &Path) -> Result<EdgeConfig, Errors> {
     parse_with(text, base, Files::Read)

@@ -393,27 +393,24 @@ impl Fleet {
     fn write(&self, node: &Node, tree: &Tree) -> Rendered {
         let mut out = Rendered::default();
         let clean = |s: &str| s.escape_debug().to_string();
-        out.line(
+        let lines = [
             format!(
-                "# tether-edge config of node {}, site {}, board {}, rendered by",
+                "# tether-edge config of node {} (site {}, board {}),",
                 clean(&node.name),
                 clean(&self.site),
                 clean(&node.board)
             ),
-            None,
-        );
-        out.line(
+            "# rendered by `tether-edge render-config` from".to_owned(),
+            format!("#   {}", clean(&self.path.display().to_string())),
             format!(
-                "# `tether-edge render-config` from {} and {}.",
-                clean(&self.path.display().to_string()),
+                "#   {}",
                 clean(&self.board_path(&node.board).display().to_string())
             ),
-            None,
-        );
-        out.line(
             "# Change those files and render again rather than editing this one.".to_owned(),
-            None,
-        );
+        ];
+        for line in lines {
+            out.line(line, None);
+        }
         out.table(tree, "", "");
         out
     }

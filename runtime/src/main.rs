@@ -20,7 +20,9 @@ USAGE:
 COMMANDS:
     run             Run the edge (the default).
     check-config    Check a config file, print every error with its line
-                    and key, exit 0 if it is valid, 1 if not. Given a
+                    and key, exit 0 if it is valid, 1 if not. The files
+                    it names (certificates, token) are read at start, not
+                    here: they may exist only on the board. Given a
                     fleet file (one with site = \"...\" and [[node]]
                     tables), render and check every node's config.
     render-config   Print the config of NODE of the fleet FLEET_FILE: its
@@ -157,7 +159,7 @@ fn check(path: &Path) -> Result<(), String> {
     if fleet::is_fleet(&text) {
         fleet::Fleet::read(path, &fleet::default_boards(path))?.check()
     } else {
-        config::load(path).map(|_| ())
+        config::check(path)
     }
 }
 
