@@ -91,6 +91,10 @@ CONFIG FILE (a strict TOML subset; unknown keys are errors):
     max_batch = \"128KiB\"            Largest PUBLISH payload sent.
     max_packet = \"256KiB\"          Largest packet accepted.
     max_streams = 4096              Streams open at once on the link.
+    queue_delay = \"20ms\"            Queue the paced in-flight window aims
+                                    at on a slow path, so a bulk stream
+                                    holds others back only that long
+                                    (\"0s\": no pacing, only max_inflight).
 
     [services]
     allow_ports = [10250]           Local ports the hub may open streams to.
