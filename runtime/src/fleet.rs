@@ -222,6 +222,16 @@ impl Fleet {
             nodes.push(node);
         }
         let settings = read_tree(&mut root, Source::Fleet, &["site", "node"], &mut errors);
+        // The image build reads [board] from the board file itself, so a
+        // fleet's change would not reach the board's systemd unit.
+        if let Some(board) = settings.get(&["board"]) {
+            errors.push(Error::new(
+                board.origin.line,
+                Some("board".to_owned()),
+                "[board] comes only from the board file (the image build reads it there); \
+                 for a variant, add a board file (like rpi-4-8gb.toml) and name it in board",
+            ));
+        }
         if !errors.is_empty() {
             errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
             return Err(list(errors.into_iter().map(|error| Problem {
@@ -481,7 +491,13 @@ fn read_node(t: &mut Table<'_>, errors: &mut Vec<Error>) -> Option<Node> {
             ));
         }
     }
-    let settings = read_tree(t, Source::Fleet, &["name", "board"], errors);
+    if t.line_of("node").is_some() {
+        errors.push(t.error(
+            "node",
+            "a node's Kubernetes name is its name = \"...\"; remove node",
+        ));
+    }
+    let settings = read_tree(t, Source::Fleet, &["name", "board", "node"], errors);
     let board = board.filter(|b| config::is_dns_label(b))?;
     Some(Node {
         name: name?,
@@ -948,6 +964,20 @@ board = \"pi\"
         );
         let e = check_errors(BOARD, "site = \"farm\"\n");
         assert!(e.contains("no [[node]] tables"), "{e}");
+        let e = check_errors(
+            BOARD,
+            &FLEET
+                .replace("unit = \"u1\"", "node = \"x\"")
+                .replace("[labels]", "[board]\nmemory_max = \"64MiB\"\n[labels]"),
+        );
+        assert!(
+            e.contains("line 6: board: [board] comes only from the board file"),
+            "{e}"
+        );
+        assert!(
+            e.contains("line 16: node[0].node: a node's Kubernetes name is its name"),
+            "{e}"
+        );
     }
 
     #[test]
