@@ -60,6 +60,8 @@ pub struct Stamp {
     /// those acks came: the start of its delivery-rate interval.
     delivered: u64,
     delivered_at: Instant,
+    /// Sent with nothing more waiting (see [`Pacer::stamp`]).
+    app_limited: bool,
 }
 
 /// One side's window; see the module docs.
@@ -112,10 +114,12 @@ impl Pacer {
         (bytes as usize).clamp(FLOOR, self.ceiling)
     }
 
-    /// The stamp of a publish sent at `now`; `idle` says nothing else was
-    /// in flight, so the time since the last ack was idle, not delivery,
-    /// and does not count towards the rate.
-    pub fn stamp(&mut self, now: Instant, idle: bool) -> Stamp {
+    /// The stamp of a publish sent at `now`. `idle`: nothing else was in
+    /// flight, so the time since the last ack was idle, not delivery, and
+    /// does not count towards the rate. `drained`: the sender had nothing
+    /// more to send, so this publish's rate says how much there was to
+    /// carry, not how much the path carries.
+    pub fn stamp(&mut self, now: Instant, idle: bool, drained: bool) -> Stamp {
         if idle || self.delivered_at.is_none() {
             self.delivered_at = Some(now);
         }
@@ -123,6 +127,7 @@ impl Pacer {
             sent_at: now,
             delivered: self.delivered,
             delivered_at: self.delivered_at.unwrap_or(now),
+            app_limited: drained,
         }
     }
 
@@ -134,10 +139,20 @@ impl Pacer {
         let interval = now.saturating_duration_since(stamp.delivered_at);
         if !interval.is_zero() {
             let sample = (self.delivered - stamp.delivered) as f64 / interval.as_secs_f64();
+            // A lower rate replaces the top only once the top is old, and
+            // only if the sender was not short of data (as in BBR): a side
+            // that mostly sends acks and small answers must not shrink its
+            // window to those, or its next large answer waits round trips.
+            // Until a sample that was not short of data, the rate is not
+            // known and the window stays open.
             self.rate = match self.rate {
-                Some((top, at)) if top > sample && now.duration_since(at) < RATE_WINDOW => {
+                Some((top, at))
+                    if top > sample
+                        && (stamp.app_limited || now.duration_since(at) < RATE_WINDOW) =>
+                {
                     Some((top, at))
                 }
+                None if stamp.app_limited => None,
                 _ => Some((sample, now)),
             };
         }
@@ -156,12 +171,16 @@ impl Pacer {
             FIRST_PROBE
         };
         self.base = match self.base {
-            Some((least, at)) if least < rtt => {
-                if now.duration_since(at) >= stands && !self.target.is_zero() {
-                    self.draining = Some(now);
-                }
+            Some((least, at)) if least < rtt && now.duration_since(at) < stands => {
                 Some((least, at))
             }
+            // Stale, with a queue of this side's own: drain it to measure.
+            Some((least, at)) if least < rtt && !stamp.app_limited && !self.target.is_zero() => {
+                self.draining = Some(now);
+                Some((least, at))
+            }
+            // Stale with nothing queued here: the sample is as good as a
+            // drained one (whatever it has on top is not this side's).
             _ => Some((rtt, now)),
         };
     }
@@ -194,7 +213,7 @@ mod tests {
         let end = start + Duration::from_secs(30);
         while now < end {
             while queued + publish <= pacer.window().max(publish) {
-                let stamp = pacer.stamp(now, queued == 0);
+                let stamp = pacer.stamp(now, queued == 0, false);
                 let begin = link_free.max(now);
                 link_free = begin + Duration::from_secs_f64(publish as f64 / rate);
                 delays.push(begin - now);
@@ -239,7 +258,7 @@ mod tests {
     fn fast_path_opens_to_the_ceiling() {
         let mut pacer = Pacer::new(Duration::from_millis(20), 2 << 20);
         let t0 = Instant::now();
-        let s = pacer.stamp(t0, true);
+        let s = pacer.stamp(t0, true, false);
         pacer.acked(t0 + Duration::from_millis(1), s, 1 << 20);
         assert_eq!(pacer.window(), 2 << 20);
     }
@@ -248,7 +267,7 @@ mod tests {
     fn off_is_the_ceiling() {
         let mut pacer = Pacer::new(Duration::ZERO, 1 << 20);
         let t0 = Instant::now();
-        let s = pacer.stamp(t0, true);
+        let s = pacer.stamp(t0, true, false);
         pacer.acked(t0 + Duration::from_secs(1), s, 1000);
         assert_eq!(pacer.window(), 1 << 20);
     }
@@ -258,11 +277,11 @@ mod tests {
         let mut pacer = Pacer::new(Duration::from_millis(20), 2 << 20);
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let s = pacer.stamp(t0, true);
+        let s = pacer.stamp(t0, true, false);
         pacer.acked(t0 + ms(10), s, 10);
         // Longer round trips for FIRST_PROBE: a queue is up.
         let t1 = t0 + FIRST_PROBE + ms(10);
-        let s = pacer.stamp(t1, false);
+        let s = pacer.stamp(t1, false, false);
         pacer.acked(t1 + ms(30), s, 10);
         assert!(pacer.draining.is_some());
         assert_eq!(pacer.window(), FLOOR);
@@ -271,14 +290,34 @@ mod tests {
         assert!(pacer.draining.is_some());
         // ...one sent after it does, its round trip the new base...
         let t2 = t1 + ms(40);
-        let s = pacer.stamp(t2, false);
+        let s = pacer.stamp(t2, false, false);
         pacer.acked(t2 + ms(50), s, 10);
         assert!(pacer.draining.is_none());
         assert!(pacer.base.is_some_and(|(b, _)| b > ms(45)));
         // ...which stands for BASE_WINDOW from then on.
         let t3 = t2 + ms(50) + FIRST_PROBE + ms(10);
-        let s = pacer.stamp(t3, false);
+        let s = pacer.stamp(t3, false, false);
         pacer.acked(t3 + ms(80), s, 10);
         assert!(pacer.draining.is_none());
+    }
+
+    #[test]
+    fn short_of_data_samples_never_shrink_the_window() {
+        let mut pacer = Pacer::new(Duration::from_millis(20), 2 << 20);
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // Only small answers and acks: the rate is not known, the window open.
+        let s = pacer.stamp(t0, true, true);
+        pacer.acked(t0 + ms(40), s, 100);
+        assert_eq!(pacer.window(), 2 << 20);
+        // A bulk sample sets it; small answers seconds later leave it be.
+        let s = pacer.stamp(t0 + ms(100), true, false);
+        pacer.acked(t0 + ms(200), s, 100_000);
+        let bulk = pacer.window();
+        assert!(bulk < 2 << 20 && bulk > FLOOR, "{bulk}");
+        let t1 = t0 + RATE_WINDOW * 3;
+        let s = pacer.stamp(t1, true, true);
+        pacer.acked(t1 + ms(40), s, 100);
+        assert_eq!(pacer.window(), bulk);
     }
 }

@@ -650,7 +650,8 @@ impl Session {
                     self.untake_seq(lane);
                     break;
                 }
-                self.publish(now, &batch.finish(), route);
+                let drained = !self.mux.wants_to_send();
+                self.publish(now, &batch.finish(), route, drained);
             }
         }
         let out = std::mem::take(&mut self.out);
@@ -690,7 +691,9 @@ impl Session {
         self.pacer.window()
     }
 
-    fn publish(&mut self, now: Instant, payload: &[u8], route: Route) {
+    /// Sends `payload` as a QoS 1 PUBLISH; `drained`: the mux had nothing
+    /// more to send (see [`Pacer::stamp`]).
+    fn publish(&mut self, now: Instant, payload: &[u8], route: Route, drained: bool) {
         let id = self.take_pid();
         let routed;
         let topic = match (self.side, route) {
@@ -715,7 +718,7 @@ impl Session {
             return;
         }
         self.out.extend_from_slice(&packet);
-        let stamp = self.pacer.stamp(now, self.inflight.is_empty());
+        let stamp = self.pacer.stamp(now, self.inflight.is_empty(), drained);
         self.inflight_bytes += packet.len();
         self.inflight.push_back(InFlight {
             pid: id,
