@@ -15,12 +15,10 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ClientConnection, ServerConnection, StreamOwned};
-use tether_tests::cluster::{node_field, start_edge, start_hub, wait_linked, EdgeAuth, Transport};
-use tether_tests::faultproxy::FaultProxy;
+use rustls::{ClientConnection, ServerConnection, StreamOwned};
+use tether_tests::cluster::{node_field, start_edge, wait_linked, EdgeAuth, Transport};
 use tether_tests::pki::Pki;
-use tether_tests::procs::free_port;
-use tether_tests::tunnel;
+use tether_tests::tunnel::{self, client_config, Clients, Kubelet, Setup};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -122,79 +120,14 @@ fn pattern() -> Vec<u8> {
         .collect()
 }
 
-struct Setup {
-    edge: tether_tests::procs::Proc,
-    hub: tether_tests::cluster::Hub,
-    egress: SocketAddr,
-    kubelet: SocketAddr,
-    pki: Pki,
-    /// Between edge and hub, if the test asked for one.
-    proxy: Option<FaultProxy>,
-    /// Where the edge links to, and its extra config (to start it again).
-    edge_link: SocketAddr,
-    edge_cfg: String,
-}
-
 fn setup() -> Setup {
     setup_with(false)
 }
 
-/// Hub with the egress endpoint, a stand-in kubelet, and an edge that
-/// allows the kubelet's port; with `through_proxy`, the edge links through
-/// a [`FaultProxy`] and reconnects quickly after a cut.
 fn setup_with(through_proxy: bool) -> Setup {
     let pki = Pki::new();
     let kubelet = start_kubelet(&pki);
-    let egress: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let hub = start_hub(
-        &pki,
-        Transport::Tls,
-        &["edge-1"],
-        &format!(
-            "[egress]\nlisten = \"{egress}\"\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nconnect_timeout = \"3s\"\n",
-            pki.hub_cert.display(),
-            pki.hub_key.display(),
-            pki.ca.display()
-        ),
-    );
-    let proxy = through_proxy.then(|| FaultProxy::start(hub.link).expect("proxy"));
-    let (link, link_cfg) = match &proxy {
-        Some(p) => (
-            p.addr(),
-            "[link]\nkeepalive = \"2s\"\nconnect_timeout = \"3s\"\nbackoff_initial = \"100ms\"\nbackoff_max = \"500ms\"\n",
-        ),
-        None => (hub.link, ""),
-    };
-    let edge_cfg = format!("{link_cfg}[services]\nallow_ports = [{}]\n", kubelet.port());
-    let edge = start_edge(
-        &pki,
-        "edge-1",
-        link,
-        Transport::Tls,
-        EdgeAuth::Token,
-        &edge_cfg,
-    );
-    assert!(wait_linked(hub.admin, "edge-1", WAIT), "{}", edge.logs());
-    Setup {
-        edge,
-        hub,
-        egress,
-        kubelet,
-        pki,
-        proxy,
-        edge_link: link,
-        edge_cfg,
-    }
-}
-
-fn client_config(pki: &Pki, cert: Option<&str>) -> Arc<ClientConfig> {
-    let pair = cert.map(|cn| pki.node_cert(cn));
-    let config = tether_link::tls::client_config(
-        &pki.ca,
-        pair.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
-    )
-    .expect("client TLS");
-    Arc::new(config)
+    Setup::start(pki, kubelet, through_proxy)
 }
 
 /// TLS to the egress endpoint as kube-apiserver, then `CONNECT target`.
@@ -202,42 +135,6 @@ fn client_config(pki: &Pki, cert: Option<&str>) -> Arc<ClientConfig> {
 fn connect(s: &Setup, target: &str) -> (String, StreamOwned<ClientConnection, TcpStream>) {
     let outer = client_config(&s.pki, Some("kube-apiserver"));
     tunnel::connect(s.egress, &outer, target).expect("CONNECT")
-}
-
-/// TLS to the kubelet inside a tunnel.
-type Kubelet = StreamOwned<ClientConnection, StreamOwned<ClientConnection, TcpStream>>;
-
-/// The client configurations of kube-apiserver: to the hub with its client
-/// certificate, to the kubelet without. Made once: each new certificate
-/// costs a key generation.
-struct Clients {
-    outer: Arc<ClientConfig>,
-    inner: Arc<ClientConfig>,
-}
-
-impl Clients {
-    fn new(pki: &Pki) -> Clients {
-        Clients {
-            outer: client_config(pki, Some("kube-apiserver")),
-            inner: client_config(pki, None),
-        }
-    }
-
-    /// A tunnel to the kubelet through the egress, TLS inside it. The TLS
-    /// handshake with the kubelet happens on the first write.
-    fn kubelet(&self, s: &Setup) -> std::io::Result<Kubelet> {
-        let target = format!("edge-1:{}", s.kubelet.port());
-        let (status, outer) = tunnel::connect(s.egress, &self.outer, &target)?;
-        if status != "HTTP/1.1 200 Connection established" {
-            return Err(std::io::Error::other(format!(
-                "CONNECT {target}: {status:?}"
-            )));
-        }
-        let name = ServerName::try_from("edge-1").expect("name");
-        let inner =
-            ClientConnection::new(self.inner.clone(), name).map_err(std::io::Error::other)?;
-        Ok(StreamOwned::new(inner, outer))
-    }
 }
 
 /// One echo exchange, then a half-close; the kubelet answers `bye`. Ends
