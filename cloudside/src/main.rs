@@ -23,6 +23,10 @@ COMMANDS:
     egress-config   Print the EgressSelectorConfiguration and the flags
                     kube-apiserver needs to use the hub's [egress].
 
+EXIT STATUS:
+    0 success, 1 failure, 2 bad command line, 78 run with a config file
+    that does not pass check-config (a supervisor should not restart).
+
 OPTIONS:
     -c, --config FILE      Config file [default: /etc/tether/hub.toml]
     --log-level LEVEL      error, warn, info, debug or trace; overrides

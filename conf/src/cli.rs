@@ -22,9 +22,15 @@ pub struct Program<'a> {
     pub reports: &'a [&'a str],
 }
 
+/// Exit status of `run` with a config file that does not pass `check`
+/// (sysexits' EX_CONFIG): a systemd unit sets `RestartPreventExitStatus=78`,
+/// since restarting cannot fix the file.
+pub const EX_CONFIG: u8 = 78;
+
 /// The whole `main` of both programs: parses the command line, prints help
 /// or version, checks a config (`check`), or runs (`run`). Exit codes: 0,
-/// 1 for a failure, 2 for a bad command line.
+/// 1 for a failure, 2 for a bad command line, [`EX_CONFIG`] when asked to
+/// run with a config that does not pass `check`.
 pub fn main(
     program: Program<'_>,
     check: impl FnOnce(&Path) -> Result<(), String>,
@@ -69,13 +75,21 @@ pub fn main(
                 ExitCode::FAILURE
             }
         },
-        Ok(Command::Run { config, log_level }) => match run(&config, log_level) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("{name}: {e}");
-                ExitCode::FAILURE
+        Ok(Command::Run { config, log_level }) => {
+            // A config that cannot work exits with its own status, so a
+            // supervisor can tell it from a crash and not restart in a loop.
+            if let Err(e) = check(&config) {
+                eprintln!("{e}");
+                return ExitCode::from(EX_CONFIG);
             }
-        },
+            match run(&config, log_level) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{name}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 

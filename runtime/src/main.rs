@@ -31,6 +31,10 @@ COMMANDS:
                     DIR/<board>.toml [default: ../boards from the fleet
                     file's folder]. See board-configs/README.md.
 
+EXIT STATUS:
+    0 success, 1 failure, 2 bad command line, 78 run with a config file
+    that does not pass check-config (a supervisor should not restart).
+
 OPTIONS:
     -c, --config FILE      Config file [default: /etc/tether/edge.toml]
     --log-level LEVEL      error, warn, info, debug or trace; overrides

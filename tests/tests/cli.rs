@@ -78,9 +78,22 @@ fn bad_arguments_and_files_fail_clearly() {
         err.contains("unknown argument") && err.contains("--help"),
         "{err}"
     );
+    // A config that cannot work exits 78 (EX_CONFIG): the systemd unit
+    // does not restart on it, since a restart cannot fix the file.
     let (code, _, err) = run("tether-hub", &["--config", "/nonexistent/hub.toml"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 78);
     assert!(err.contains("/nonexistent/hub.toml: cannot read"), "{err}");
+    let dir = std::env::temp_dir().join(format!("tether-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let bad = dir.join("edge.toml");
+    std::fs::write(
+        &bad,
+        "node = \"edge-1\"\n[hub]\naddress = \"127.0.0.1:1\"\ncolour = 1\n",
+    )
+    .expect("write");
+    let (code, _, err) = run("tether-edge", &["run", "--config", &bad.to_string_lossy()]);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("hub.colour: unknown key"), "{err}");
 }
 
 #[test]
