@@ -18,6 +18,8 @@
 //! - [`relay`]: a hub replica's one broker connection, relaying many node
 //!   sessions (scale-out through an MQTT broker).
 //! - [`backoff`]: reconnect delays with full jitter.
+//! - [`health`]: health verdicts, the report an edge sends the hub, and the
+//!   unit's majority vote (issue 6), shared so edge and hub tally alike.
 //! - [`tls`]: rustls configurations for both ends (ring provider).
 //! - [`io`]: the thin async layer both programs drive a session with:
 //!   streams as `AsyncRead + AsyncWrite`, and the connection loop.
@@ -29,6 +31,7 @@
 pub mod accept;
 pub mod backoff;
 pub mod frame;
+pub mod health;
 pub mod io;
 pub mod logger;
 pub mod mqtt;

@@ -19,6 +19,8 @@
 //!   the local apiserver proxy and its upstream side.
 //! - [`proxy`]: the node's apiserver on 127.0.0.1:10261: relays to
 //!   kube-apiserver, records answers, serves GET/LIST offline.
+//! - [`health`]: health peers (issue 6): probing the unit's other edges,
+//!   signed verdicts, and the unit's vote; sans IO.
 //! - [`memory`]: the memory budget: RSS against `[proxy] memory_budget`.
 //! - [`kube`]: sans-IO parsing of kube-apiserver responses (JSON and
 //!   protobuf): object metadata, lists, watch streams, Status.
@@ -29,6 +31,7 @@ pub mod cache;
 pub mod config;
 pub mod fleet;
 pub mod forward;
+pub mod health;
 pub mod http;
 pub mod kube;
 pub mod memory;

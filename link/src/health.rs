@@ -1,0 +1,630 @@
+//! Health verdicts and the unit's vote: what an edge reports about the other
+//! members of its health unit, and how the reports of a unit become a vote.
+//!
+//! Edges and the hub both tally votes (an edge cut off from the cloud needs
+//! its unit's vote for node awareness; the hub needs it to keep a cut-off
+//! node's pods), so the rules live here once and the two cannot drift. Sans
+//! IO: no sockets, no clocks.
+//!
+//! # The vote
+//!
+//! A *report* is one member's current [`Verdict`] on each other member it has
+//! a verdict on (a member with no verdict yet abstains on that peer). The
+//! caller passes [`tally`] only *fresh* reports: what counts as fresh (for
+//! example "received within three probe intervals") is the caller's rule,
+//! since only it knows when each report arrived.
+//!
+//! 1. **Reporters.** The members whose reports are present are the reporters.
+//!    A report from a non-member is ignored, and so is a second report from
+//!    the same member (the first counts).
+//! 2. **Quorum.** Nothing is decided unless the reporters are more than half
+//!    of the unit's members ([`quorum`]). In a 3/2 split of five members, the
+//!    side of three can decide and the side of two cannot, so the two sides
+//!    can never decide opposite things about the same member.
+//! 3. **No vote on oneself.** A member's opinion about itself never counts
+//!    (it is alive by definition when it can report). It still counts towards
+//!    the quorum: a member cut off from the cloud is not the subject being
+//!    outvoted, it is one of the unit.
+//! 4. **Majority of opinions.** Of the reporters' opinions on a member X,
+//!    a strict majority decides: more `Alive` than `Dead` is [`Vote::Alive`],
+//!    more `Dead` is [`Vote::Dead`], equal (including no opinion at all) is
+//!    [`Vote::Undecided`] with [`Undecided::Tie`].
+//! 5. **Units of one and two.** A unit of one has no one to ask: always
+//!    [`Undecided::UnitOfOne`]. A unit of two needs both members reporting
+//!    for a quorum, so when one of the two is cut off or dead nothing can be
+//!    decided ([`Undecided::NoQuorum`]) and the node is left to normal
+//!    Kubernetes eviction. **A unit should have at least three members**; with
+//!    three, any one can be cut off or dead and the other two still decide.
+//!
+//! Undecided is never read as alive: the hub protects a node only on
+//! [`Vote::Alive`].
+
+use crate::topic::{BadNodeName, NodeName};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::fmt;
+
+/// The most members a unit may have. Bounds every per-member table on the
+/// edge and the hub, and the verdicts in one report; a health unit is a site
+/// or a shop floor, not a fleet.
+pub const MAX_UNIT_MEMBERS: usize = 64;
+
+/// The largest encoded [`VerdictReport`] accepted, checked before decoding:
+/// the largest valid report (64 verdicts on 253-character names, a 63-character
+/// unit) encodes to about 16.7 KiB.
+pub const MAX_REPORT_BYTES: usize = 17 * 1024;
+
+/// One member's opinion of another, after hysteresis (see tether-edge's
+/// `health::peer`): a member not yet judged has no verdict at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Verdict {
+    /// Its probes are answered.
+    Alive,
+    /// Its probes went unanswered, several in a row.
+    Dead,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Alive => "alive",
+            Verdict::Dead => "dead",
+        })
+    }
+}
+
+/// What an edge sends the hub over its link: its verdicts on the other
+/// members of its unit. The link is already authenticated (the hub knows
+/// which node sent it), so the report carries no signature; `seq` rises with
+/// every report, also across restarts, so the hub keeps only the newest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerdictReport {
+    /// The reporting node; the hub checks it is the link's own node.
+    pub from: NodeName,
+    /// The unit the reporter belongs to (a DNS label, see [`is_unit_name`]).
+    pub unit: String,
+    /// Rises with every report from `from`, across restarts.
+    pub seq: u64,
+    /// The reporter's verdicts, at most [`MAX_UNIT_MEMBERS`], one per member,
+    /// never on itself.
+    pub verdicts: Vec<(NodeName, Verdict)>,
+}
+
+/// The report as postcard encodes it: names as strings, checked on decode.
+#[derive(Serialize, Deserialize)]
+struct WireReport {
+    from: String,
+    unit: String,
+    seq: u64,
+    verdicts: Vec<(String, Verdict)>,
+}
+
+/// Why bytes are not a valid [`VerdictReport`]. Each message says what was
+/// wrong; a sender whose reports fail has a bug or is not a Tether edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReportError {
+    /// Larger than [`MAX_REPORT_BYTES`]; refused before decoding.
+    TooLarge { len: usize },
+    /// Not a postcard-encoded report.
+    Malformed(String),
+    /// `from` or a verdict's subject is not a node name.
+    BadName(BadNodeName),
+    /// `unit` is not a unit name.
+    BadUnit(String),
+    /// More verdicts than a unit can have members.
+    TooManyVerdicts { count: usize },
+    /// Two verdicts on the same member.
+    Duplicate(NodeName),
+    /// A verdict of the reporter on itself.
+    OnItself(NodeName),
+}
+
+impl fmt::Display for ReportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReportError::TooLarge { len } => write!(
+                f,
+                "verdict report of {len} bytes is larger than {MAX_REPORT_BYTES}; refused unread"
+            ),
+            ReportError::Malformed(e) => write!(f, "verdict report is not decodable: {e}"),
+            ReportError::BadName(e) => write!(f, "verdict report names a bad node: {e}"),
+            ReportError::BadUnit(u) => write!(
+                f,
+                "verdict report's unit {u:?} is not a unit name (1-63 lowercase letters, digits and '-')"
+            ),
+            ReportError::TooManyVerdicts { count } => write!(
+                f,
+                "verdict report holds {count} verdicts; a unit has at most {MAX_UNIT_MEMBERS} members"
+            ),
+            ReportError::Duplicate(n) => {
+                write!(f, "verdict report holds two verdicts on {n}")
+            }
+            ReportError::OnItself(n) => {
+                write!(f, "verdict report from {n} holds a verdict on {n} itself")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ReportError {}
+
+impl VerdictReport {
+    /// The postcard encoding [`VerdictReport::decode`] reads.
+    pub fn encode(&self) -> Vec<u8> {
+        let wire = WireReport {
+            from: self.from.as_str().to_owned(),
+            unit: self.unit.clone(),
+            seq: self.seq,
+            verdicts: self
+                .verdicts
+                .iter()
+                .map(|(n, v)| (n.as_str().to_owned(), *v))
+                .collect(),
+        };
+        // Serializing strings, integers and enums into a Vec cannot fail.
+        postcard::to_allocvec(&wire).unwrap_or_default()
+    }
+
+    /// Decodes and checks a report: at most [`MAX_REPORT_BYTES`] (checked
+    /// first, so a hostile length costs nothing), valid names and unit, at
+    /// most [`MAX_UNIT_MEMBERS`] verdicts, none twice and none on the
+    /// reporter itself.
+    pub fn decode(bytes: &[u8]) -> Result<VerdictReport, ReportError> {
+        if bytes.len() > MAX_REPORT_BYTES {
+            return Err(ReportError::TooLarge { len: bytes.len() });
+        }
+        let wire: WireReport =
+            postcard::from_bytes(bytes).map_err(|e| ReportError::Malformed(e.to_string()))?;
+        if wire.verdicts.len() > MAX_UNIT_MEMBERS {
+            return Err(ReportError::TooManyVerdicts {
+                count: wire.verdicts.len(),
+            });
+        }
+        let from = NodeName::new(&wire.from).map_err(ReportError::BadName)?;
+        if !is_unit_name(&wire.unit) {
+            return Err(ReportError::BadUnit(wire.unit.chars().take(64).collect()));
+        }
+        let mut seen = BTreeSet::new();
+        let mut verdicts = Vec::with_capacity(wire.verdicts.len());
+        for (name, verdict) in wire.verdicts {
+            let name = NodeName::new(&name).map_err(ReportError::BadName)?;
+            if name == from {
+                return Err(ReportError::OnItself(name));
+            }
+            if !seen.insert(name.clone()) {
+                return Err(ReportError::Duplicate(name));
+            }
+            verdicts.push((name, verdict));
+        }
+        Ok(VerdictReport {
+            from,
+            unit: wire.unit,
+            seq: wire.seq,
+            verdicts,
+        })
+    }
+}
+
+/// Whether `s` can name a unit: a DNS-1123 label (1-63 lowercase letters,
+/// digits and '-', starting and ending with a letter or digit), as the edge's
+/// `unit` key and Kubernetes label values allow.
+pub fn is_unit_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// How many reporters a unit of `members` needs to decide anything: more
+/// than half of its members.
+pub fn quorum(members: usize) -> usize {
+    members / 2 + 1
+}
+
+/// The unit's vote on one member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vote {
+    /// More reporters say alive than dead.
+    Alive { alive: usize, dead: usize },
+    /// More reporters say dead than alive.
+    Dead { alive: usize, dead: usize },
+    /// Nothing decided; the node is left to normal Kubernetes eviction.
+    Undecided(Undecided),
+}
+
+impl Vote {
+    /// The decided verdict, or `None` when undecided.
+    pub fn verdict(&self) -> Option<Verdict> {
+        match self {
+            Vote::Alive { .. } => Some(Verdict::Alive),
+            Vote::Dead { .. } => Some(Verdict::Dead),
+            Vote::Undecided(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Vote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Vote::Alive { alive, dead } => write!(f, "alive ({alive} alive, {dead} dead)"),
+            Vote::Dead { alive, dead } => write!(f, "dead ({dead} dead, {alive} alive)"),
+            Vote::Undecided(why) => write!(f, "undecided: {why}"),
+        }
+    }
+}
+
+/// Why a vote decided nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undecided {
+    /// The unit has one member: no one else can vote.
+    UnitOfOne,
+    /// Too few members reported (`reporting` of the `needed` [`quorum`]).
+    NoQuorum { reporting: usize, needed: usize },
+    /// As many opinions say alive as dead (both 0: no reporter has a verdict
+    /// on the member yet).
+    Tie { alive: usize, dead: usize },
+}
+
+impl fmt::Display for Undecided {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Undecided::UnitOfOne => f.write_str("unit of one: no other member can vote"),
+            Undecided::NoQuorum { reporting, needed } => write!(
+                f,
+                "no quorum: {reporting} members reported, {needed} needed (more than half the unit)"
+            ),
+            Undecided::Tie { alive: 0, dead: 0 } => {
+                f.write_str("no reporting member has a verdict on it yet")
+            }
+            Undecided::Tie { alive, dead } => write!(f, "tie: {alive} alive, {dead} dead"),
+        }
+    }
+}
+
+/// The unit's vote on each of its `members` (in their order, each once),
+/// from the fresh `reports`: (reporter, its verdicts). See the module docs for
+/// the rules; within one report the first verdict on a member counts.
+pub fn tally(
+    members: &[NodeName],
+    reports: &[(NodeName, &[(NodeName, Verdict)])],
+) -> Vec<(NodeName, Vote)> {
+    let mut unique = BTreeSet::new();
+    let members: Vec<&NodeName> = members.iter().filter(|m| unique.insert(*m)).collect();
+    let mut reported = BTreeSet::new();
+    let reporters: Vec<&(NodeName, &[(NodeName, Verdict)])> = reports
+        .iter()
+        .filter(|(from, _)| unique.contains(from) && reported.insert(from))
+        .collect();
+    let needed = quorum(members.len());
+    members
+        .iter()
+        .map(|&x| {
+            let vote = if members.len() == 1 {
+                Vote::Undecided(Undecided::UnitOfOne)
+            } else if reporters.len() < needed {
+                Vote::Undecided(Undecided::NoQuorum {
+                    reporting: reporters.len(),
+                    needed,
+                })
+            } else {
+                let (mut alive, mut dead) = (0, 0);
+                for (from, verdicts) in reporters.iter().map(|r| (&r.0, r.1)) {
+                    if from == x {
+                        continue;
+                    }
+                    match verdicts.iter().find(|(about, _)| about == x) {
+                        Some((_, Verdict::Alive)) => alive += 1,
+                        Some((_, Verdict::Dead)) => dead += 1,
+                        None => {}
+                    }
+                }
+                match alive.cmp(&dead) {
+                    std::cmp::Ordering::Greater => Vote::Alive { alive, dead },
+                    std::cmp::Ordering::Less => Vote::Dead { alive, dead },
+                    std::cmp::Ordering::Equal => Vote::Undecided(Undecided::Tie { alive, dead }),
+                }
+            };
+            (x.clone(), vote)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Verdict::{Alive, Dead};
+
+    fn n(s: &str) -> NodeName {
+        NodeName::new(s).expect("test name")
+    }
+
+    fn unit(size: usize) -> Vec<NodeName> {
+        (1..=size).map(|i| n(&format!("e{i}"))).collect()
+    }
+
+    /// Each reporter's verdicts on every other member of `members`, given
+    /// by `opinion(reporter, subject)`; `None` abstains.
+    fn reports(
+        members: &[NodeName],
+        reporters: &[&str],
+        opinion: impl Fn(&str, &str) -> Option<Verdict>,
+    ) -> Vec<(NodeName, Vec<(NodeName, Verdict)>)> {
+        reporters
+            .iter()
+            .map(|r| {
+                let verdicts = members
+                    .iter()
+                    .filter(|m| m.as_str() != *r)
+                    .filter_map(|m| opinion(r, m.as_str()).map(|v| (m.clone(), v)))
+                    .collect();
+                (n(r), verdicts)
+            })
+            .collect()
+    }
+
+    fn run(
+        members: &[NodeName],
+        reports: &[(NodeName, Vec<(NodeName, Verdict)>)],
+    ) -> Vec<(String, Vote)> {
+        let borrowed: Vec<(NodeName, &[(NodeName, Verdict)])> = reports
+            .iter()
+            .map(|(f, v)| (f.clone(), v.as_slice()))
+            .collect();
+        tally(members, &borrowed)
+            .into_iter()
+            .map(|(m, v)| (m.as_str().to_owned(), v))
+            .collect()
+    }
+
+    fn vote_of<'a>(votes: &'a [(String, Vote)], who: &str) -> &'a Vote {
+        &votes.iter().find(|(m, _)| m == who).expect("member").1
+    }
+
+    #[test]
+    fn five_all_alive() {
+        let m = unit(5);
+        let r = reports(&m, &["e1", "e2", "e3", "e4", "e5"], |_, _| Some(Alive));
+        for (_, vote) in run(&m, &r) {
+            assert_eq!(vote, Vote::Alive { alive: 4, dead: 0 });
+        }
+    }
+
+    #[test]
+    fn five_one_dead() {
+        let m = unit(5);
+        // e5 is dead: it does not report, and everyone says so.
+        let r = reports(&m, &["e1", "e2", "e3", "e4"], |_, s| {
+            Some(if s == "e5" { Dead } else { Alive })
+        });
+        let votes = run(&m, &r);
+        assert_eq!(*vote_of(&votes, "e5"), Vote::Dead { alive: 0, dead: 4 });
+        assert_eq!(*vote_of(&votes, "e1"), Vote::Alive { alive: 3, dead: 0 });
+    }
+
+    #[test]
+    fn five_one_cut_off_from_the_cloud_stays_alive() {
+        let m = unit(5);
+        // e5 lost its link to the hub only: no report of its own reaches
+        // the hub, but its neighbours still hear it.
+        let r = reports(&m, &["e1", "e2", "e3", "e4"], |_, _| Some(Alive));
+        let votes = run(&m, &r);
+        assert_eq!(*vote_of(&votes, "e5"), Vote::Alive { alive: 4, dead: 0 });
+    }
+
+    #[test]
+    fn split_three_two_only_the_majority_decides() {
+        let m = unit(5);
+        let side_a = ["e1", "e2", "e3"];
+        let same_side = |r: &str, s: &str| side_a.contains(&r) == side_a.contains(&s);
+        let opinion = |r: &str, s: &str| Some(if same_side(r, s) { Alive } else { Dead });
+        // The majority side's reports alone decide both ways.
+        let votes = run(&m, &reports(&m, &side_a, opinion));
+        assert_eq!(*vote_of(&votes, "e1"), Vote::Alive { alive: 2, dead: 0 });
+        assert_eq!(*vote_of(&votes, "e4"), Vote::Dead { alive: 0, dead: 3 });
+        // The minority side's reports alone decide nothing.
+        let votes = run(&m, &reports(&m, &["e4", "e5"], opinion));
+        for (_, vote) in votes {
+            assert_eq!(
+                vote,
+                Vote::Undecided(Undecided::NoQuorum {
+                    reporting: 2,
+                    needed: 3
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn unit_of_one_never_votes() {
+        let m = unit(1);
+        let r = reports(&m, &["e1"], |_, _| Some(Alive));
+        assert_eq!(
+            run(&m, &r),
+            vec![("e1".into(), Vote::Undecided(Undecided::UnitOfOne))]
+        );
+        assert_eq!(
+            run(&m, &[]),
+            vec![("e1".into(), Vote::Undecided(Undecided::UnitOfOne))]
+        );
+    }
+
+    #[test]
+    fn unit_of_two_decides_only_with_both() {
+        let m = unit(2);
+        let both = reports(&m, &["e1", "e2"], |_, _| Some(Alive));
+        for (_, vote) in run(&m, &both) {
+            assert_eq!(vote, Vote::Alive { alive: 1, dead: 0 });
+        }
+        // One is dead or cut off: the other alone is no quorum.
+        let one = reports(&m, &["e1"], |_, _| Some(Dead));
+        for (_, vote) in run(&m, &one) {
+            assert_eq!(
+                vote,
+                Vote::Undecided(Undecided::NoQuorum {
+                    reporting: 1,
+                    needed: 2
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn ties_and_abstentions() {
+        let m = unit(5);
+        // Of e1's four neighbours, two say alive and two dead.
+        let r = reports(&m, &["e1", "e2", "e3", "e4", "e5"], |r, s| {
+            Some(if s == "e1" && (r == "e4" || r == "e5") {
+                Dead
+            } else {
+                Alive
+            })
+        });
+        let votes = run(&m, &r);
+        assert_eq!(
+            *vote_of(&votes, "e1"),
+            Vote::Undecided(Undecided::Tie { alive: 2, dead: 2 })
+        );
+        // No one has a verdict on e5 yet (just started): a tie of nothing.
+        let r = reports(&m, &["e1", "e2", "e3"], |_, s| (s != "e5").then_some(Alive));
+        let votes = run(&m, &r);
+        assert_eq!(
+            *vote_of(&votes, "e5"),
+            Vote::Undecided(Undecided::Tie { alive: 0, dead: 0 })
+        );
+        // Abstentions do not count against: one opinion decides.
+        let r = reports(&m, &["e1", "e2", "e3"], |r, s| {
+            (s != "e5" || r == "e1").then_some(if s == "e5" { Dead } else { Alive })
+        });
+        assert_eq!(
+            *vote_of(&run(&m, &r), "e5"),
+            Vote::Dead { alive: 0, dead: 1 }
+        );
+    }
+
+    #[test]
+    fn self_votes_strangers_and_repeats_do_not_count() {
+        let m = unit(3);
+        let mut r = reports(&m, &["e1", "e2"], |_, _| Some(Alive));
+        // e1 votes on itself, a stranger reports, e2 reports twice.
+        r[0].1.push((n("e1"), Dead));
+        r.push((n("stranger"), vec![(n("e3"), Dead)]));
+        r.push((n("e2"), vec![(n("e3"), Dead), (n("e1"), Dead)]));
+        let votes = run(&m, &r);
+        assert_eq!(*vote_of(&votes, "e1"), Vote::Alive { alive: 1, dead: 0 });
+        assert_eq!(*vote_of(&votes, "e3"), Vote::Alive { alive: 2, dead: 0 });
+        // A stranger never makes a quorum either.
+        let lone = reports(&m, &["e1"], |_, _| Some(Alive));
+        let mut with_stranger = lone.clone();
+        with_stranger.push((n("stranger"), vec![]));
+        assert!(matches!(
+            run(&m, &with_stranger)[0].1,
+            Vote::Undecided(Undecided::NoQuorum { reporting: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn report_round_trip_and_checks() {
+        let report = VerdictReport {
+            from: n("gh-bench-01"),
+            unit: "greenhouse".into(),
+            seq: 1_750_000_000_000_000,
+            verdicts: vec![(n("gh-bench-02"), Alive), (n("gh-bench-03"), Dead)],
+        };
+        let bytes = report.encode();
+        assert_eq!(VerdictReport::decode(&bytes), Ok(report.clone()));
+
+        let mut bad = report.clone();
+        bad.verdicts.push((n("gh-bench-01"), Alive));
+        assert!(matches!(
+            VerdictReport::decode(&bad.encode()),
+            Err(ReportError::OnItself(_))
+        ));
+        let mut bad = report.clone();
+        bad.verdicts.push((n("gh-bench-02"), Dead));
+        assert!(matches!(
+            VerdictReport::decode(&bad.encode()),
+            Err(ReportError::Duplicate(_))
+        ));
+        let mut bad = report.clone();
+        bad.unit = "Green House".into();
+        assert!(matches!(
+            VerdictReport::decode(&bad.encode()),
+            Err(ReportError::BadUnit(_))
+        ));
+        let mut bad = report.clone();
+        bad.verdicts = (0..=MAX_UNIT_MEMBERS)
+            .map(|i| (n(&format!("x{i}")), Alive))
+            .collect();
+        assert_eq!(
+            VerdictReport::decode(&bad.encode()),
+            Err(ReportError::TooManyVerdicts { count: 65 })
+        );
+        // A bad name inside an otherwise valid encoding.
+        let wire = WireReport {
+            from: "Not/A/Node".into(),
+            unit: "u".into(),
+            seq: 1,
+            verdicts: vec![],
+        };
+        let bytes = postcard::to_allocvec(&wire).expect("encodes");
+        assert!(matches!(
+            VerdictReport::decode(&bytes),
+            Err(ReportError::BadName(_))
+        ));
+        assert!(matches!(
+            VerdictReport::decode(&[0xff; 3]),
+            Err(ReportError::Malformed(_))
+        ));
+        assert_eq!(
+            VerdictReport::decode(&vec![0; MAX_REPORT_BYTES + 1]),
+            Err(ReportError::TooLarge {
+                len: MAX_REPORT_BYTES + 1
+            })
+        );
+    }
+
+    #[test]
+    fn largest_valid_report_fits() {
+        // 253 characters: a 61-character label and three of 63.
+        let label = "a".repeat(63);
+        let long = |i: usize| n(&format!("{i:02}{}.{label}.{label}.{label}", "a".repeat(59)));
+        let report = VerdictReport {
+            from: long(99),
+            unit: "u".repeat(63),
+            seq: u64::MAX,
+            verdicts: (0..MAX_UNIT_MEMBERS).map(|i| (long(i), Dead)).collect(),
+        };
+        let bytes = report.encode();
+        assert!(bytes.len() <= MAX_REPORT_BYTES, "{}", bytes.len());
+        assert_eq!(VerdictReport::decode(&bytes), Ok(report));
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        // A cheap sweep of short inputs and truncations of a valid report.
+        let report = VerdictReport {
+            from: n("a"),
+            unit: "u".into(),
+            seq: 7,
+            verdicts: vec![(n("b"), Alive)],
+        }
+        .encode();
+        for cut in 0..report.len() {
+            let _ = VerdictReport::decode(&report[..cut]);
+        }
+        let mut x: u32 = 0x1234_5678;
+        for len in 0..200 {
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8
+                })
+                .collect();
+            let _ = VerdictReport::decode(&bytes);
+        }
+    }
+}
