@@ -2,6 +2,7 @@
 //! through. Every key is documented in `tether-edge --help` and in the
 //! example under board-configs/.
 
+use crate::health;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -184,6 +185,9 @@ pub struct EdgeConfig {
     pub unit: Option<String>,
     /// The node's labels (`[labels]`), Kubernetes label keys and values.
     pub labels: BTreeMap<String, String>,
+    /// Health peers (`[health]`, issue 6); `None` without the section, and
+    /// also when only checked ([`validate`] reads no key file).
+    pub health: Option<health::Config>,
 }
 
 /// Reads and checks the config file at `path`. The error lists every
@@ -316,6 +320,17 @@ fn parse_with(text: &str, base: &Path, files: Files) -> Result<EdgeConfig, Error
         },
         None => None,
     };
+    let health = match errors.opt(root.table("health")) {
+        Some(mut t) => read_health(
+            &mut t,
+            node.as_ref(),
+            unit.as_deref(),
+            base,
+            files,
+            &mut errors,
+        ),
+        None => None,
+    };
     let mut forwards = Vec::new();
     for mut t in errors.take(root.tables("forward")).unwrap_or_default() {
         let listen = match errors.opt(t.str("listen")) {
@@ -367,6 +382,7 @@ fn parse_with(text: &str, base: &Path, files: Files) -> Result<EdgeConfig, Error
             board,
             unit,
             labels,
+            health,
         }),
         // Both are reported above whenever missing.
         _ => Err(Errors(vec![tether_conf::Error::new(
@@ -456,6 +472,209 @@ fn read_hub(t: &mut Table<'_>, base: &Path, files: Files, errors: &mut Errors) -
         broker,
         source_address,
     })
+}
+
+/// Reads `[health]`. The unit comes from the top-level `unit`; the key from
+/// `key_file`, which has no default (see [`read_unit_key`]). With
+/// [`Files::Skip`] every key is checked but no config is built, since the
+/// key file is not read.
+fn read_health(
+    t: &mut Table<'_>,
+    node: Option<&NodeName>,
+    unit: Option<&str>,
+    base: &Path,
+    files: Files,
+    errors: &mut Errors,
+) -> Option<health::Config> {
+    if unit.is_none() {
+        errors.push(t.error(
+            "",
+            "[health] needs the top-level unit = \"...\": every health message names its \
+             unit, and only members of the same unit vote on each other",
+        ));
+    }
+    let listen = match errors.opt(t.str("listen")) {
+        Some(l) => match l.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                errors.push(t.error(
+                    "listen",
+                    format!("{l:?} is not an address like \"0.0.0.0:10263\""),
+                ));
+                None
+            }
+        },
+        None => Some(health::DEFAULT_LISTEN),
+    };
+    let mut duration = |key: &str, default: Duration, min: Duration, max: Duration| match errors
+        .opt(t.duration(key))
+    {
+        Some(d) if d < min || d > max => {
+            errors.push(t.error(
+                key,
+                format!("must be from {} s to {} s", min.as_secs(), max.as_secs()),
+            ));
+            None
+        }
+        Some(d) => Some(d),
+        None => Some(default),
+    };
+    // At least 2 s: a probe's answer window is half an interval.
+    let interval = duration(
+        "interval",
+        health::DEFAULT_INTERVAL,
+        Duration::from_secs(2),
+        Duration::from_secs(3600),
+    );
+    let max_skew = duration(
+        "max_skew",
+        health::DEFAULT_MAX_SKEW,
+        Duration::from_secs(1),
+        Duration::from_secs(3600),
+    );
+    let mut count = |key: &str, default: u32| match errors.opt(t.u64(key)) {
+        Some(n) if (1..=100).contains(&n) => u32::try_from(n).ok(),
+        Some(_) => {
+            errors.push(t.error(key, "must be from 1 to 100"));
+            None
+        }
+        None => Some(default),
+    };
+    let dead_after = count("dead_after", health::DEFAULT_DEAD_AFTER);
+    let alive_after = count("alive_after", health::DEFAULT_ALIVE_AFTER);
+    let peers = read_health_peers(t, node, errors);
+    let key_file = errors.opt(t.str("key_file")).map(|p| base.join(p));
+    let key = match (&key_file, files) {
+        (None, _) => {
+            errors.push(t.error(
+                "key_file",
+                "missing: the file holding the unit's shared key (at least 32 bytes, e.g. \
+                 `openssl rand -hex 32`, mode 0600, the same on every member). There is no \
+                 default key: a key everyone knows would let anyone forge verdicts",
+            ));
+            None
+        }
+        (Some(_), Files::Skip) => None,
+        (Some(file), Files::Read) => match read_unit_key(file) {
+            Ok(key) => Some(key),
+            Err(e) => {
+                errors.push(t.error("key_file", e));
+                None
+            }
+        },
+    };
+    Some(health::Config {
+        listen: listen?,
+        interval: interval?,
+        key: key?,
+        peers: peers?,
+        dead_after: dead_after?,
+        alive_after: alive_after?,
+        max_skew: max_skew?,
+    })
+}
+
+/// `[health] peers`: the unit's other members as `"name=host:port"`, each
+/// once, never this node, at most [`MAX_UNIT_MEMBERS`](tether_link::health::MAX_UNIT_MEMBERS) − 1.
+fn read_health_peers(
+    t: &mut Table<'_>,
+    node: Option<&NodeName>,
+    errors: &mut Errors,
+) -> Option<Vec<health::PeerAddr>> {
+    const FORMAT: &str = "write \"name=host:port\", like \"gh-bench-02=192.168.1.12:10263\"";
+    let Some(list) = errors.opt(t.str_array("peers")) else {
+        errors.push(t.error(
+            "peers",
+            format!(
+                "missing: the unit's other members and their health ports; {FORMAT} \
+                 (an empty list is a unit of one, which never votes)"
+            ),
+        ));
+        return None;
+    };
+    let max = tether_link::health::MAX_UNIT_MEMBERS - 1;
+    if list.len() > max {
+        errors.push(t.error(
+            "peers",
+            format!(
+                "{} peers; a unit has at most {} members, this node included",
+                list.len(),
+                max + 1
+            ),
+        ));
+        return None;
+    }
+    let mut peers: Vec<health::PeerAddr> = Vec::with_capacity(list.len());
+    let mut ok = true;
+    for entry in list {
+        let mut bad = |why: String| {
+            errors.push(t.error("peers", format!("{entry:?}: {why}")));
+            ok = false;
+        };
+        let Some((name, addr)) = entry.split_once('=') else {
+            bad(format!("no '='; {FORMAT}"));
+            continue;
+        };
+        let name = match NodeName::new(name.trim()) {
+            Ok(name) => name,
+            Err(e) => {
+                bad(e.to_string());
+                continue;
+            }
+        };
+        let addr = addr.trim();
+        let port_ok = addr
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        if !port_ok {
+            bad(format!("{addr:?} is not host:port; {FORMAT}"));
+        } else if node == Some(&name) {
+            bad("is this node itself; peers lists the unit's other members".to_owned());
+        } else if peers.iter().any(|p| p.name == name) {
+            bad(format!("{name} is listed twice"));
+        } else {
+            peers.push(health::PeerAddr {
+                name,
+                addr: addr.to_owned(),
+            });
+        }
+    }
+    ok.then_some(peers)
+}
+
+/// Reads the unit key from `path`: a regular file no one but its owner can
+/// access (anyone who can read it can forge verdicts), at most 4 KiB, at
+/// least 32 bytes after trailing whitespace (a text editor's newline) is cut.
+fn read_unit_key(path: &Path) -> Result<health::wire::UnitKey, String> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display();
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    // Checked on the open file, so the file checked is the file read.
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{shown} is not a regular file"));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{shown} has mode {mode:04o}: group or others can access it, and anyone who \
+             can read the unit key can forge verdicts; run chmod 600 {shown}"
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(4097)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if bytes.len() > 4096 {
+        return Err(format!(
+            "{shown} is larger than 4 KiB; a key file holds one key"
+        ));
+    }
+    let len = bytes.trim_ascii_end().len();
+    health::wire::UnitKey::new(&bytes[..len]).map_err(|e| format!("{shown}: {e}"))
 }
 
 /// Reads `[board]`; `memory_max` is checked against the proxy's budget.
@@ -938,6 +1157,161 @@ mod tests {
         ] {
             assert!(e.contains(needle), "{needle:?} not in:\n{e}");
         }
+    }
+
+    /// A temporary folder holding a key file `unit.key` with `bytes` and
+    /// `mode`; remove it after.
+    fn key_dir(tag: &str, bytes: &[u8], mode: u32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("tether-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a temporary folder");
+        let file = dir.join("unit.key");
+        std::fs::write(&file, bytes).expect("key file");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        dir
+    }
+
+    const HEALTH: &str = "[health]\nkey_file = \"unit.key\"\npeers = [\"edge-2=192.168.1.12:10263\", \"edge-3 = pi3.local:10263\"]\n";
+
+    #[test]
+    fn health_section() {
+        let dir = key_dir(
+            "health-ok",
+            b"0123456789abcdef0123456789abcdef0123456789abcdef\n",
+            0o600,
+        );
+        let c = parse(&format!("unit = \"bench-a\"\n{MINIMAL}{HEALTH}"), &dir).expect("valid");
+        let h = c.health.expect("health");
+        assert_eq!(h.listen, health::DEFAULT_LISTEN);
+        assert_eq!(h.interval, health::DEFAULT_INTERVAL);
+        assert_eq!((h.dead_after, h.alive_after), (3, 2));
+        assert_eq!(h.max_skew, Duration::from_secs(30));
+        let peers: Vec<(&str, &str)> = h
+            .peers
+            .iter()
+            .map(|p| (p.name.as_str(), p.addr.as_str()))
+            .collect();
+        assert_eq!(
+            peers,
+            [
+                ("edge-2", "192.168.1.12:10263"),
+                ("edge-3", "pi3.local:10263")
+            ]
+        );
+        let c = parse(
+            &format!(
+                "unit = \"bench-a\"\n{MINIMAL}{HEALTH}listen = \"10.0.0.5:9000\"\n\
+                 interval = \"10s\"\ndead_after = 4\nalive_after = 1\nmax_skew = \"5s\"\n"
+            ),
+            &dir,
+        )
+        .expect("valid");
+        let h = c.health.expect("health");
+        assert_eq!(h.listen.port(), 9000);
+        assert_eq!(h.interval, Duration::from_secs(10));
+        assert_eq!((h.dead_after, h.alive_after), (4, 1));
+        assert_eq!(h.max_skew, Duration::from_secs(5));
+        // Checking reads no key file and builds no health config.
+        validate(
+            &format!("unit = \"bench-a\"\n{MINIMAL}{HEALTH}"),
+            Path::new("/nonexistent"),
+        )
+        .expect("valid without the key file");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn health_has_no_default_key() {
+        let e = errors(&format!(
+            "unit = \"bench-a\"\n{MINIMAL}[health]\npeers = []\n"
+        ));
+        assert!(
+            e.contains("line 6: health.key_file: missing") && e.contains("There is no default key"),
+            "{e}"
+        );
+        // The same when only checked.
+        let e = validate(
+            &format!("unit = \"bench-a\"\n{MINIMAL}[health]\npeers = []\n"),
+            Path::new("/"),
+        )
+        .expect_err("no key_file")
+        .to_string();
+        assert!(e.contains("health.key_file: missing"), "{e}");
+    }
+
+    #[test]
+    fn health_key_file_checked() {
+        let text = format!("unit = \"bench-a\"\n{MINIMAL}{HEALTH}");
+        let dir = key_dir("health-short", b"too short\n", 0o600);
+        let e = parse(&text, &dir)
+            .map(|_| ())
+            .expect_err("short")
+            .to_string();
+        assert!(
+            e.contains("line 7: health.key_file:")
+                && e.contains("the unit key has 9 bytes; it needs at least 32"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+        let dir = key_dir("health-mode", &[7; 32], 0o640);
+        let e = parse(&text, &dir)
+            .map(|_| ())
+            .expect_err("mode")
+            .to_string();
+        assert!(
+            e.contains("has mode 0640: group or others can access it") && e.contains("chmod 600"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+        let e = parse(&text, Path::new("/nonexistent"))
+            .map(|_| ())
+            .expect_err("none")
+            .to_string();
+        assert!(
+            e.contains("health.key_file: cannot read /nonexistent/unit.key"),
+            "{e}"
+        );
+        // The key never appears in a message or in Debug.
+        let dir = key_dir("health-debug", b"SECRET-SECRET-SECRET-SECRET-SECRET", 0o600);
+        let c = parse(&text, &dir).expect("valid");
+        assert!(!format!("{c:?}").contains("SECRET"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn health_errors_named() {
+        let e = errors(&format!(
+            "{MINIMAL}[health]\nkey_file = \"k\"\nlisten = \"nowhere\"\ninterval = \"1s\"\n\
+             dead_after = 0\nalive_after = 101\nmax_skew = \"2h\"\ncolour = 1\n\
+             peers = [\"edge-2\", \"Edge_3=a:1\", \"edge-4=nohost\", \"edge-1=a:1\", \"edge-5=a:1\", \"edge-5=b:2\"]\n"
+        ));
+        for needle in [
+            "line 5: health: [health] needs the top-level unit",
+            "line 7: health.listen: \"nowhere\" is not an address",
+            "line 8: health.interval: must be from 2 s to 3600 s",
+            "line 9: health.dead_after: must be from 1 to 100",
+            "line 10: health.alive_after: must be from 1 to 100",
+            "line 11: health.max_skew: must be from 1 s to 3600 s",
+            "line 12: health.colour: unknown key",
+            "line 13: health.peers: \"edge-2\": no '='",
+            "health.peers: \"Edge_3=a:1\": \"Edge_3\" is not a valid node name",
+            "health.peers: \"edge-4=nohost\": \"nohost\" is not host:port",
+            "health.peers: \"edge-1=a:1\": is this node itself",
+            "health.peers: \"edge-5=b:2\": edge-5 is listed twice",
+        ] {
+            assert!(e.contains(needle), "{needle:?} not in:\n{e}");
+        }
+        let too_many: Vec<String> = (0..64).map(|i| format!("\"p{i}=h:1\"")).collect();
+        let e = errors(&format!(
+            "unit = \"u\"\n{MINIMAL}[health]\nkey_file = \"k\"\npeers = [{}]\n",
+            too_many.join(", ")
+        ));
+        assert!(e.contains("64 peers; a unit has at most 64 members"), "{e}");
+        let e = errors(&format!(
+            "unit = \"u\"\n{MINIMAL}[health]\nkey_file = \"k\"\n"
+        ));
+        assert!(e.contains("health.peers: missing"), "{e}");
     }
 
     #[test]

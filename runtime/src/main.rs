@@ -132,6 +132,33 @@ CONFIG FILE (a strict TOML subset; unknown keys are errors):
                                     client asking again is answered at
                                     once (\"0\": none).
 
+    [health]                        Health peers (issue 6, being built: read
+                                    and checked, not served yet): the edges
+                                    of a unit probe each other and vote on
+                                    who is alive. Needs the top-level unit.
+    listen = \"0.0.0.0:10263\"        The health port (UDP).
+    key_file = \"unit.key\"           The unit's shared key (required; no
+                                    default key): at least 32 bytes, e.g.
+                                    `openssl rand -hex 32`, the same file on
+                                    every member, mode 0600 (refused if
+                                    group or others can access it).
+    peers = [\"edge-2=192.168.1.12:10263\"]
+                                    The unit's other members, name=host:port
+                                    (required; at most 63). Every member
+                                    must list the same unit. A unit of one
+                                    never votes, a unit of two only while
+                                    both report: use three or more.
+    interval = \"25s\"                Probe each peer this often (2s-1h). At
+                                    25 s a unit of 20 sends < 200 bytes/s
+                                    per edge and a dead peer is voted dead
+                                    within 2.5 intervals.
+    dead_after = 3                  Failed probes in a row (each waits half
+                                    an interval) before a peer is dead.
+    alive_after = 2                 Answered probes in a row before a dead
+                                    peer is alive again.
+    max_skew = \"30s\"                Largest clock difference accepted from
+                                    a peer (its messages carry the time).
+
     [status]
     listen = \"127.0.0.1:10262\"      /healthz and /metrics of the edge
                                     [default: not served].
