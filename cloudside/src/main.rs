@@ -69,7 +69,7 @@ CONFIG FILE (a strict TOML subset; unknown keys are errors):
     max_batch = \"128KiB\"            sends and accepts.
     max_packet = \"256KiB\"
     max_streams = 4096
-    queue_delay = \"20ms\"
+    queue_delay = \"10ms\"
 
     [broker]                        Scale-out: meet edges at an MQTT broker
     address = \"127.0.0.1:1883\"     (several replicas share the work; see

@@ -130,6 +130,14 @@ impl Link {
         self.inner.borrow().stats
     }
 
+    /// The pacer's in-flight byte window and the bytes in flight now (see
+    /// [`crate::pace`]): what an operator compares when a slow link feels
+    /// slow.
+    pub fn window(&self) -> (usize, usize) {
+        let inner = self.inner.borrow();
+        (inner.session.window(), inner.session.inflight_bytes())
+    }
+
     /// Streams currently held on this link.
     pub fn open_streams(&self) -> usize {
         self.inner.borrow_mut().session.mux().len()

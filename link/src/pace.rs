@@ -11,14 +11,16 @@
 //! the path's full rate while the others wait only that little.
 //!
 //! How, sans IO (instants in, a byte count out): each acknowledged publish
-//! gives a round-trip sample and a delivery-rate sample (the bytes
-//! acknowledged between its sending and its ack, per second of that time,
-//! as BBR measures it). The window is the recent top delivery rate times
-//! (the base round trip + the target delay). At the path's rate that leaves
-//! about `target` of queue. When the path could carry more, the rates
-//! measured grow, and with them the window, by (base + target) / base per
-//! round trip.
-//!
+//! gives a round-trip sample, and the acks give delivery-rate samples (the
+//! bytes acknowledged over spans of at least [`RATE_SPAN`]). The window is
+//! the recent top delivery rate times (the base round trip + the target
+//! delay). At the path's rate that leaves about `target` of queue. When the
+//! path could carry more, the rates measured grow, and with them the
+//! window, by (base + target) / base per round trip. A rate measured while
+//! the sender had nothing more to send says how much there was, not what
+//! the path carries, so it never lowers the top (BBR's app-limited
+//! samples); until a rate is known the window is the ceiling.
+
 //! The base round trip is the least seen. A queue this side keeps up
 //! would hide the true least, and a window sized on a queued round trip
 //! keeps that queue up: so when the least has not been seen again for
@@ -52,14 +54,17 @@ pub const FIRST_PROBE: Duration = Duration::from_secs(1);
 /// slower path (a Wi-Fi link that degraded) shrinks the window.
 pub const RATE_WINDOW: Duration = Duration::from_secs(2);
 
+/// The least time a rate sample spans: the bytes acknowledged from one
+/// sample's end to the next one's, at least this long apart. Acks come in
+/// bursts (a token-bucket shaper, a Wi-Fi aggregate, delayed acks), and a
+/// rate over one burst says how fast the burst came, not the path: the
+/// window would open to match.
+pub const RATE_SPAN: Duration = Duration::from_millis(25);
+
 /// What a publish carries from its sending to its ack, for the samples.
 #[derive(Debug, Clone, Copy)]
 pub struct Stamp {
     sent_at: Instant,
-    /// Bytes acknowledged in all when it was sent, and when the last of
-    /// those acks came: the start of its delivery-rate interval.
-    delivered: u64,
-    delivered_at: Instant,
     /// Sent with nothing more waiting (see [`Pacer::stamp`]).
     app_limited: bool,
 }
@@ -74,8 +79,11 @@ pub struct Pacer {
     base: Option<(Duration, Instant)>,
     /// Top delivery rate (bytes per second) and when it was seen.
     rate: Option<(f64, Instant)>,
+    /// Bytes acknowledged in all.
     delivered: u64,
-    delivered_at: Option<Instant>,
+    /// (when, `delivered` then) at the start of the current rate sample's
+    /// span; none while the path is idle.
+    mark: Option<(Instant, u64)>,
     /// Draining the queue to measure the base again, since then.
     draining: Option<Instant>,
     /// A drain has measured the base on this connection.
@@ -92,7 +100,7 @@ impl Pacer {
             base: None,
             rate: None,
             delivered: 0,
-            delivered_at: None,
+            mark: None,
             draining: None,
             probed: false,
         }
@@ -120,13 +128,11 @@ impl Pacer {
     /// more to send, so this publish's rate says how much there was to
     /// carry, not how much the path carries.
     pub fn stamp(&mut self, now: Instant, idle: bool, drained: bool) -> Stamp {
-        if idle || self.delivered_at.is_none() {
-            self.delivered_at = Some(now);
+        if idle {
+            self.mark = None;
         }
         Stamp {
             sent_at: now,
-            delivered: self.delivered,
-            delivered_at: self.delivered_at.unwrap_or(now),
             app_limited: drained,
         }
     }
@@ -135,10 +141,16 @@ impl Pacer {
     pub fn acked(&mut self, now: Instant, stamp: Stamp, bytes: usize) {
         let rtt = now.saturating_duration_since(stamp.sent_at);
         self.delivered += bytes as u64;
-        self.delivered_at = Some(now);
-        let interval = now.saturating_duration_since(stamp.delivered_at);
-        if !interval.is_zero() {
-            let sample = (self.delivered - stamp.delivered) as f64 / interval.as_secs_f64();
+        let Some((since, then)) = self.mark else {
+            // The first ack since the path was idle starts a span.
+            self.mark = Some((now, self.delivered));
+            self.sample_base(now, stamp, rtt);
+            return;
+        };
+        let interval = now.duration_since(since);
+        if interval >= RATE_SPAN {
+            self.mark = Some((now, self.delivered));
+            let sample = (self.delivered - then) as f64 / interval.as_secs_f64();
             // A lower rate replaces the top only once the top is old, and
             // only if the sender was not short of data (as in BBR): a side
             // that mostly sends acks and small answers must not shrink its
@@ -156,6 +168,12 @@ impl Pacer {
                 _ => Some((sample, now)),
             };
         }
+        self.sample_base(now, stamp, rtt);
+    }
+
+    /// Takes `rtt`, the round trip of `stamp`'s publish, into the base
+    /// round trip (module docs), and starts or ends a drain.
+    fn sample_base(&mut self, now: Instant, stamp: Stamp, rtt: Duration) {
         if let Some(since) = self.draining {
             // Sent into the drained queue: behind FLOOR bytes at most.
             if stamp.sent_at >= since {
@@ -306,18 +324,24 @@ mod tests {
         let mut pacer = Pacer::new(Duration::from_millis(20), 2 << 20);
         let t0 = Instant::now();
         let ms = Duration::from_millis;
+        // Acks of `bytes` every 10 ms from `from` on, all with a 40 ms round
+        // trip; `drained` as the sender says.
+        let acks = |pacer: &mut Pacer, from: Instant, bytes: usize, drained: bool| {
+            for k in 0..10u32 {
+                let sent = from + ms(10) * k;
+                let s = pacer.stamp(sent, k == 0, drained);
+                pacer.acked(sent + ms(40), s, bytes);
+            }
+        };
         // Only small answers and acks: the rate is not known, the window open.
-        let s = pacer.stamp(t0, true, true);
-        pacer.acked(t0 + ms(40), s, 100);
+        acks(&mut pacer, t0, 100, true);
         assert_eq!(pacer.window(), 2 << 20);
-        // A bulk sample sets it; small answers seconds later leave it be.
-        let s = pacer.stamp(t0 + ms(100), true, false);
-        pacer.acked(t0 + ms(200), s, 100_000);
+        // Bulk sets it: 10 KB every 10 ms is 1 MB/s, times (40 + 20) ms.
+        acks(&mut pacer, t0 + ms(200), 10_000, false);
         let bulk = pacer.window();
-        assert!(bulk < 2 << 20 && bulk > FLOOR, "{bulk}");
-        let t1 = t0 + RATE_WINDOW * 3;
-        let s = pacer.stamp(t1, true, true);
-        pacer.acked(t1 + ms(40), s, 100);
+        assert!(bulk.abs_diff(60_000) < 6_000, "{bulk}");
+        // Small answers seconds later leave it be.
+        acks(&mut pacer, t0 + RATE_WINDOW * 3, 100, true);
         assert_eq!(pacer.window(), bulk);
     }
 }

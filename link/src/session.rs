@@ -61,7 +61,7 @@ impl Default for Config {
             max_batch: 128 * 1024,
             max_inflight: 16,
             max_streams: 4096,
-            queue_delay: Duration::from_millis(20),
+            queue_delay: Duration::from_millis(10),
             routed: false,
         }
     }
@@ -689,6 +689,11 @@ impl Session {
     /// Unacknowledged bytes this side may have out now (see [`crate::pace`]).
     pub fn window(&self) -> usize {
         self.pacer.window()
+    }
+
+    /// Bytes of the publishes sent and not yet acknowledged.
+    pub fn inflight_bytes(&self) -> usize {
+        self.inflight_bytes
     }
 
     /// Sends `payload` as a QoS 1 PUBLISH; `drained`: the mux had nothing

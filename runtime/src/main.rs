@@ -95,7 +95,7 @@ CONFIG FILE (a strict TOML subset; unknown keys are errors):
     max_batch = \"128KiB\"            Largest PUBLISH payload sent.
     max_packet = \"256KiB\"          Largest packet accepted.
     max_streams = 4096              Streams open at once on the link.
-    queue_delay = \"20ms\"            Queue the paced in-flight window aims
+    queue_delay = \"10ms\"            Queue the paced in-flight window aims
                                     at on a slow path, so a bulk stream
                                     holds others back only that long
                                     (\"0s\": no pacing, only max_inflight).

@@ -112,6 +112,21 @@ pub fn metrics(sources: &Sources) -> String {
         "Streams open on the link.",
         sources.link.open_streams() as u64,
     );
+    let (window, inflight) = sources.link.window();
+    metric(
+        &mut m,
+        "tether_edge_link_window_bytes",
+        "gauge",
+        "Unacknowledged bytes the link may have out now: the path's rate times (its least round trip + queue_delay).",
+        window as u64,
+    );
+    metric(
+        &mut m,
+        "tether_edge_link_inflight_bytes",
+        "gauge",
+        "Bytes sent on the link and not yet acknowledged.",
+        inflight as u64,
+    );
     if let Some(proxy) = &sources.proxy {
         let c = proxy.counters();
         metric(

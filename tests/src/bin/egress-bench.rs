@@ -280,6 +280,31 @@ fn free_pair() -> u16 {
 
 /// `count` GETs of [`POD`] on one keep-alive connection to the edge's API
 /// proxy, within `budget`; their round trips.
+/// Mean of the edge's link window and in-flight bytes, from its /metrics
+/// every 50 ms while `sampling` holds.
+fn link_windows(status: SocketAddr, sampling: &AtomicBool) -> (f64, f64) {
+    let gauge = |text: &str, name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+    };
+    let (mut window, mut inflight, mut n) = (0.0, 0.0, 0u32);
+    while sampling.load(Ordering::Relaxed) {
+        if let Ok((200, text)) = tether_tests::procs::http_get(status, "/metrics") {
+            if let (Some(w), Some(i)) = (
+                gauge(&text, "tether_edge_link_window_bytes "),
+                gauge(&text, "tether_edge_link_inflight_bytes "),
+            ) {
+                window += w;
+                inflight += i;
+                n += 1;
+            }
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let n = f64::from(n.max(1));
+    (window / n, inflight / n)
+}
+
 fn pod_gets(proxy: SocketAddr, count: usize, budget: Duration) -> Vec<Duration> {
     let mut conn = TcpStream::connect(proxy).expect("connect to the API proxy");
     conn.set_nodelay(true).expect("nodelay");
@@ -354,6 +379,8 @@ fn main() {
     // a bulk tunnel download filling it.
     let proxy = FaultProxy::start(hub.link).expect("fault proxy");
     let api: SocketAddr = ([127, 0, 0, 1], free_pair()).into();
+    // edge_config serves the edge's /metrics on the port after the proxy's.
+    let status: SocketAddr = ([127, 0, 0, 1], api.port() + 1).into();
     let mut edge1 = start_edge(
         &pki,
         "edge-1",
@@ -407,7 +434,14 @@ fn main() {
     }
     thread::sleep(Duration::from_millis(500));
     let (bulk_before, started) = (received.load(Ordering::Relaxed), Instant::now());
+    let sampling = Arc::new(AtomicBool::new(true));
+    let windows = {
+        let sampling = sampling.clone();
+        thread::spawn(move || link_windows(status, &sampling))
+    };
     let loaded = pod_gets(api, gets, LOADED_BUDGET);
+    sampling.store(false, Ordering::Relaxed);
+    let (window, inflight) = windows.join().expect("window samples");
     let bulk_rate =
         (received.load(Ordering::Relaxed) - bulk_before) as f64 / started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
@@ -422,11 +456,14 @@ fn main() {
         "2. GET of one pod through the edge's API proxy, the link and the hub to kube-apiserver, link throttled to {:.0} MB/s each way by the fault proxy:\n   \
          link idle:                                   {}\n   \
          during a bulk tunnel download from the node: {} (target < 50 ms)\n   \
-         the bulk download meanwhile: {:.2} MB/s",
+         the bulk download meanwhile: {:.2} MB/s\n   \
+         the edge's link window meanwhile (its /metrics every 50 ms): mean {:.1} KiB, {:.1} KiB in flight",
         THROTTLE as f64 / 1e6,
         summary(idle),
         summary(loaded),
-        bulk_rate / 1e6
+        bulk_rate / 1e6,
+        window / 1024.0,
+        inflight / 1024.0
     );
     if loaded_count < gets {
         println!("   (only {loaded_count} of {gets} loaded GETs fit in {LOADED_BUDGET:?})");
