@@ -4,10 +4,11 @@
 //! proxy reaches the stand-in through the link with the node's certificate.
 
 use crate::apiserver::StandIn;
-use crate::cluster::{start_edge, start_hub, wait_linked, EdgeAuth, Hub, Transport};
+use crate::cluster::{start_edge, start_hub, token_of, wait_linked, EdgeAuth, Hub, Transport};
 use crate::pki::Pki;
 use crate::procs::{free_port, Proc};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// How long the setup waits for the link and the proxy.
@@ -76,6 +77,63 @@ pub fn through_link(pki: Pki, standin: StandIn, proxy_extra: &str) -> Fleet {
 ///
 /// If the edge does not link or its proxy does not start within 30 s.
 pub fn start(pki: Pki, standin: StandIn, route: Route, proxy_extra: &str) -> Fleet {
+    launch(pki, standin, route, proxy_extra, None)
+}
+
+/// A command that runs the edge binary for it, such as an emulator running a
+/// cross-built edge (`qemu-arm-static -cpu arm1176 <edge>`): the edge's own
+/// arguments (`--config FILE`) follow `args`.
+#[derive(Debug, Clone)]
+pub struct EdgeCommand {
+    /// The program to start (the emulator, or the edge itself).
+    pub program: PathBuf,
+    /// Its arguments before the edge's, ending with the edge binary's path
+    /// when `program` is an emulator.
+    pub args: Vec<String>,
+}
+
+/// [`start`] with the edge started by `edge` instead of the workspace's own
+/// binary, so the same scenario runs against a cross build under qemu-user.
+/// The edge authenticates with its token over TLS, as [`start`]'s does.
+///
+/// # Panics
+///
+/// If the edge does not link or its proxy does not start within 30 s.
+pub fn start_with(
+    pki: Pki,
+    standin: StandIn,
+    route: Route,
+    proxy_extra: &str,
+    edge: &EdgeCommand,
+) -> Fleet {
+    launch(pki, standin, route, proxy_extra, Some(edge))
+}
+
+/// Starts `edge-1` as `command` with the config [`start_edge`] would write for
+/// token auth over TLS; `cluster` always runs the native binary, hence this copy.
+fn start_edge_as(pki: &Pki, hub: SocketAddr, extra: &str, command: &EdgeCommand) -> Proc {
+    let node = "edge-1";
+    let token = pki.write(&format!("token-{node}"), &token_of(node));
+    let text = format!(
+        "node = \"{node}\"\nlog_level = \"debug\"\n[hub]\naddress = \"{hub}\"\nserver_name = \"localhost\"\nca = \"{}\"\ntoken_file = \"{}\"\n{extra}\n",
+        pki.ca.display(),
+        token.display()
+    );
+    let config = pki.write(&format!("edge-{node}-{}.toml", free_port()), &text);
+    let config = config.to_string_lossy().into_owned();
+    let mut args: Vec<&str> = command.args.iter().map(String::as_str).collect();
+    args.extend(["--config", &config]);
+    Proc::start(node, &command.program, &args)
+}
+
+/// [`start`] and [`start_with`]: the native edge when `edge` is `None`.
+fn launch(
+    pki: Pki,
+    standin: StandIn,
+    route: Route,
+    proxy_extra: &str,
+    edge: Option<&EdgeCommand>,
+) -> Fleet {
     let hub = start_hub(
         &pki,
         Transport::Tls,
@@ -90,14 +148,17 @@ pub fn start(pki: Pki, standin: StandIn, route: Route, proxy_extra: &str) -> Fle
     let proxy: SocketAddr = ([127, 0, 0, 1], free_pair()).into();
     let direct = (route == Route::Direct).then(|| standin.addr());
     let config = edge_config(&pki, proxy, direct, proxy_extra);
-    let edge = start_edge(
-        &pki,
-        "edge-1",
-        hub.link,
-        Transport::Tls,
-        EdgeAuth::Token,
-        &config,
-    );
+    let edge = match edge {
+        None => start_edge(
+            &pki,
+            "edge-1",
+            hub.link,
+            Transport::Tls,
+            EdgeAuth::Token,
+            &config,
+        ),
+        Some(command) => start_edge_as(&pki, hub.link, &config, command),
+    };
     assert!(wait_linked(hub.admin, "edge-1", WAIT), "{}", edge.logs());
     assert!(edge.wait_for_log("API proxy on", WAIT), "{}", edge.logs());
     Fleet {

@@ -9,4 +9,5 @@ pub mod fleet;
 pub mod mosquitto;
 pub mod pki;
 pub mod procs;
+pub mod qemu;
 pub mod tunnel;
