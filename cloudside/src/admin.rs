@@ -2,16 +2,20 @@
 //! `/nodes` (JSON), over a deliberately tiny HTTP/1.1 that answers one GET
 //! per connection.
 
+use crate::health;
 use crate::links::Hub;
 use crate::registry::Registry;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use futures_lite::FutureExt;
 use log::warn;
 use smol::net::{TcpListener, TcpStream};
+use std::collections::BTreeSet;
 use std::fmt::Write;
 use std::rc::Rc;
+use std::time::Instant;
 use std::time::{Duration, SystemTime};
 use tether_link::logger::timestamp;
+use tether_link::topic::NodeName;
 
 /// A request head larger than this is refused.
 const MAX_REQUEST: usize = 8 * 1024;
@@ -166,42 +170,133 @@ pub fn metrics(reg: &Registry) -> String {
             let _ = writeln!(m, "{name}{{node=\"{node}\"}} {v}");
         }
     }
+    health_metrics(&mut m, reg);
     m
 }
 
-/// The node list as JSON, sorted by name.
+/// The units' votes and the report counters.
+fn health_metrics(m: &mut String, reg: &Registry) {
+    let name = "tether_hub_health_vote";
+    let _ = writeln!(
+        m,
+        "# HELP {name} The unit's vote on each node it votes on: 1 for the current vote \
+         (alive, dead or undecided), 0 for the others.\n# TYPE {name} gauge"
+    );
+    for (unit, node, vote) in reg.health.all_votes() {
+        let now = health::decision(&vote);
+        for v in ["alive", "dead", "undecided"] {
+            let _ = writeln!(
+                m,
+                "{name}{{node=\"{node}\",unit=\"{unit}\",vote=\"{v}\"}} {}",
+                u8::from(v == now)
+            );
+        }
+    }
+    let _ = write!(
+        m,
+        "# HELP tether_hub_health_reports_total Health verdict reports taken from edges.\n\
+         # TYPE tether_hub_health_reports_total counter\ntether_hub_health_reports_total {}\n\
+         # HELP tether_hub_health_reports_refused_total Health verdict reports refused (bad, \
+         or not the sending node's own).\n# TYPE tether_hub_health_reports_refused_total \
+         counter\ntether_hub_health_reports_refused_total {}\n",
+        reg.health.received, reg.health.refused
+    );
+}
+
+/// The node list as JSON, sorted by name: every node with a session, and
+/// every node a unit votes on (one the hub has no session for shows
+/// `linked` false and empty link fields).
 pub fn nodes(reg: &Registry) -> String {
-    let mut names: Vec<_> = reg.nodes.keys().collect();
-    names.sort();
+    let voted = reg.health.all_votes();
+    let mut names: BTreeSet<&NodeName> = reg.nodes.keys().collect();
+    names.extend(voted.iter().map(|(_, node, _)| *node));
+    let time =
+        |t: Option<SystemTime>| t.map_or("null".to_string(), |t| format!("\"{}\"", timestamp(t)));
+    let now = Instant::now();
     let mut out = String::from("[");
     for (i, name) in names.iter().enumerate() {
-        let n = &reg.nodes[*name];
-        let s = n.link.stats();
-        let time = |t: Option<SystemTime>| {
-            t.map_or("null".to_string(), |t| format!("\"{}\"", timestamp(t)))
-        };
         if i > 0 {
             out.push(',');
         }
-        // Node names are DNS-1123 and addresses are printed by std: no
-        // character in them needs JSON escaping.
-        let _ = write!(
-            out,
-            "\n  {{\"node\": \"{name}\", \"linked\": {}, \"linked_since\": {}, \"down_since\": {}, \"last_seen\": {}, \"remote\": {}, \"auth\": \"{}\", \"links\": {}, \"reconnects\": {}, \"bytes_in\": {}, \"bytes_out\": {}, \"streams\": {}, \"streams_opened\": {}}}",
-            n.linked,
-            time(n.linked_since),
-            time(n.down_since.map(|d| d.1)),
-            time(s.last_input),
-            n.remote.map_or("null".to_string(), |r| format!("\"{r}\"")),
-            n.auth,
-            n.links,
-            n.links.saturating_sub(1),
-            s.bytes_in,
-            s.bytes_out,
-            n.link.open_streams(),
-            s.streams_opened,
-        );
+        // Node names and units are DNS-1123 and addresses are printed by
+        // std: no character in them needs JSON escaping.
+        match reg.nodes.get(*name) {
+            Some(n) => {
+                let s = n.link.stats();
+                let _ = write!(
+                    out,
+                    "\n  {{\"node\": \"{name}\", \"linked\": {}, \"linked_since\": {}, \"down_since\": {}, \"last_seen\": {}, \"remote\": {}, \"auth\": \"{}\", \"links\": {}, \"reconnects\": {}, \"bytes_in\": {}, \"bytes_out\": {}, \"streams\": {}, \"streams_opened\": {}",
+                    n.linked,
+                    time(n.linked_since),
+                    time(n.down_since.map(|d| d.1)),
+                    time(s.last_input),
+                    n.remote.map_or("null".to_string(), |r| format!("\"{r}\"")),
+                    n.auth,
+                    n.links,
+                    n.links.saturating_sub(1),
+                    s.bytes_in,
+                    s.bytes_out,
+                    n.link.open_streams(),
+                    s.streams_opened,
+                );
+            }
+            None => {
+                let _ = write!(
+                    out,
+                    "\n  {{\"node\": \"{name}\", \"linked\": false, \"linked_since\": null, \"down_since\": null, \"last_seen\": null, \"remote\": null, \"auth\": null, \"links\": 0, \"reconnects\": 0, \"bytes_in\": 0, \"bytes_out\": 0, \"streams\": 0, \"streams_opened\": 0"
+                );
+            }
+        }
+        node_health(&mut out, reg, name, now, &time);
+        out.push('}');
     }
     out.push_str(if names.is_empty() { "]\n" } else { "\n]\n" });
     out
+}
+
+/// A node's health fields in `/nodes`: its unit, the unit's vote on it
+/// (flat fields, so each reads alone), and its own newest report's
+/// verdicts on its peers (an object, last).
+fn node_health(
+    out: &mut String,
+    reg: &Registry,
+    node: &NodeName,
+    now: Instant,
+    time: &dyn Fn(Option<SystemTime>) -> String,
+) {
+    let unit = reg.health.unit_of(node);
+    let _ = write!(
+        out,
+        ", \"unit\": {}",
+        unit.map_or("null".to_string(), |u| format!("\"{u}\""))
+    );
+    match reg.health.vote(node) {
+        Some((unit, vote)) => {
+            let (alive, dead) = health::counts(&vote);
+            let (reporting, members) = reg.health.size(unit).unwrap_or_default();
+            let _ = write!(
+                out,
+                ", \"vote\": \"{}\", \"vote_alive\": {alive}, \"vote_dead\": {dead}, \"vote_reason\": {}, \"unit_reporting\": {reporting}, \"unit_members\": {members}",
+                health::decision(&vote),
+                health::reason(&vote).map_or("null".to_string(), |r| format!("\"{r}\"")),
+            );
+        }
+        None => out.push_str(", \"vote\": null, \"vote_alive\": 0, \"vote_dead\": 0, \"vote_reason\": null, \"unit_reporting\": 0, \"unit_members\": 0"),
+    }
+    match reg.health.report_of(node) {
+        Some(held) => {
+            let _ = write!(
+                out,
+                ", \"report_at\": {}, \"report_fresh\": {}, \"verdicts\": {{",
+                time(Some(health::arrived(held, now))),
+                held.fresh(now)
+            );
+            for (i, (peer, verdict)) in health::verdicts(held).enumerate() {
+                let sep = if i > 0 { ", " } else { "" };
+                let _ = write!(out, "{sep}\"{peer}\": \"{verdict}\"");
+            }
+            out.push('}');
+        }
+        None => out.push_str(", \"report_at\": null, \"report_fresh\": false, \"verdicts\": null"),
+    }
 }

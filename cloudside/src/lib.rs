@@ -11,6 +11,7 @@
 //! - [`reach`]: reaching a port on a node for `expose` and `egress`, and
 //!   their HTTP error answers.
 //! - [`broker`]: the replica's broker connection, relaying node sessions.
+//! - [`health`]: the edges' health reports and each unit's vote (issue 6).
 //! - [`admin`]: `/healthz`, `/metrics`, `/nodes`.
 
 pub mod admin;
@@ -19,6 +20,7 @@ pub mod broker;
 pub mod config;
 pub mod egress;
 pub mod expose;
+pub mod health;
 pub mod links;
 pub mod reach;
 pub mod registry;

@@ -227,6 +227,7 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> 
             start_egress(&hub, egress).await?;
         }
         ex.spawn(links::expire_sessions(hub.clone())).detach();
+        ex.spawn(tether_hub::health::retally(hub.clone())).detach();
         if cfg.broker.is_some() {
             ex.spawn(broker::run(hub.clone(), broker_tls)).detach();
         }

@@ -1,5 +1,6 @@
 //! Every node the hub knows: its session (which outlives connections), its
-//! link state and counters, and the hub-wide counters.
+//! link state and counters, the units' health votes, and the hub-wide
+//! counters.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -53,6 +54,8 @@ pub struct Registry {
     pub counters: Counters,
     /// The accept loop, waiting for a handshake slot.
     pub handshake_waiter: Option<std::task::Waker>,
+    /// Health reports and each unit's vote (issue 6).
+    pub health: crate::health::Units,
 }
 
 impl Registry {
@@ -69,6 +72,19 @@ impl Registry {
     /// Counts an egress CONNECT's outcome.
     pub fn egress(&mut self, label: &'static str) {
         *self.counters.egress.entry(label).or_default() += 1;
+    }
+
+    /// The unit's vote on `node` and whether its link is up: what the
+    /// autonomy controller acts on (it may keep the pods of a node that is
+    /// not linked only while its unit votes it alive). `None` while no unit
+    /// votes on the node. At most [`crate::health::RETALLY_EVERY`] old.
+    pub fn vote(&self, node: &NodeName) -> Option<crate::health::NodeVote> {
+        let (unit, vote) = self.health.vote(node)?;
+        Some(crate::health::NodeVote {
+            unit: unit.to_owned(),
+            vote,
+            linked: self.nodes.get(node).is_some_and(|n| n.linked),
+        })
     }
 
     /// Counts a connection dropped before a link formed.

@@ -11,7 +11,7 @@ use smol::net::TcpStream;
 use std::rc::Rc;
 use tether_link::frame::ResetCode;
 use tether_link::io::{splice, Link, LinkStream};
-use tether_link::mux::{OwnedTarget, ADDRESSES_MAX, ADDRESSES_UPSTREAM};
+use tether_link::mux::{OwnedTarget, ADDRESSES_MAX, ADDRESSES_UPSTREAM, HEALTH_UPSTREAM};
 use tether_link::session::Event;
 use tether_link::topic::NodeName;
 
@@ -38,6 +38,11 @@ pub async fn serve(hub: Rc<Hub>, node: NodeName, link: Link) {
                 OwnedTarget::Upstream(name) if name == ADDRESSES_UPSTREAM => {
                     hub.ex
                         .spawn(addresses(hub.clone(), node.clone(), stream))
+                        .detach();
+                }
+                OwnedTarget::Upstream(name) if name == HEALTH_UPSTREAM => {
+                    hub.ex
+                        .spawn(crate::health::receive(hub.clone(), node.clone(), stream))
                         .detach();
                 }
                 OwnedTarget::Upstream(name) => {

@@ -50,9 +50,21 @@ use std::fmt;
 pub const MAX_UNIT_MEMBERS: usize = 64;
 
 /// The largest encoded [`VerdictReport`] accepted, checked before decoding:
-/// the largest valid report (64 verdicts on 253-character names, a 63-character
-/// unit) encodes to about 16.7 KiB.
-pub const MAX_REPORT_BYTES: usize = 17 * 1024;
+/// the largest valid report (64 members and 63 verdicts on 253-character
+/// names, a 63-character unit) encodes to about 32.6 KiB. A usual one (5
+/// members with 16-character names) is about 200 bytes.
+pub const MAX_REPORT_BYTES: usize = 33 * 1024;
+
+/// The shortest and longest probe interval a report may state, in ms: the
+/// edge's `[health] interval` is 2 s to 1 h, and the hub keeps a report for
+/// [`FRESH_INTERVALS`] of them, so a hostile value cannot pin a report for
+/// ever.
+pub const REPORT_INTERVAL_MS: std::ops::RangeInclusive<u64> = 1_000..=3_600_000;
+
+/// A report (on the hub) or a peer's verdicts (on an edge) count in the vote
+/// for this many of the reporter's probe intervals after they arrived: two
+/// lost reports in a row do not drop a voter.
+pub const FRESH_INTERVALS: u32 = 3;
 
 /// One member's opinion of another, after hysteresis (see tether-edge's
 /// `health::peer`): a member not yet judged has no verdict at all.
@@ -77,6 +89,10 @@ impl fmt::Display for Verdict {
 /// members of its unit. The link is already authenticated (the hub knows
 /// which node sent it), so the report carries no signature; `seq` rises with
 /// every report, also across restarts, so the hub keeps only the newest.
+///
+/// The hub has no unit configuration of its own: it learns a unit's size
+/// from `members` (a quorum needs it) and how long a report stays fresh
+/// from `interval_ms`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerdictReport {
     /// The reporting node; the hub checks it is the link's own node.
@@ -85,8 +101,14 @@ pub struct VerdictReport {
     pub unit: String,
     /// Rises with every report from `from`, across restarts.
     pub seq: u64,
-    /// The reporter's verdicts, at most [`MAX_UNIT_MEMBERS`], one per member,
-    /// never on itself.
+    /// The reporter's probe interval in ms (within [`REPORT_INTERVAL_MS`]):
+    /// the report is fresh for [`FRESH_INTERVALS`] of them.
+    pub interval_ms: u64,
+    /// The unit's members as the reporter is configured (its peers and
+    /// itself), sorted by name, each once, at most [`MAX_UNIT_MEMBERS`].
+    pub members: Vec<NodeName>,
+    /// The reporter's verdicts, one per member at most, never on itself,
+    /// only on `members`.
     pub verdicts: Vec<(NodeName, Verdict)>,
 }
 
@@ -96,6 +118,8 @@ struct WireReport {
     from: String,
     unit: String,
     seq: u64,
+    interval_ms: u64,
+    members: Vec<String>,
     verdicts: Vec<(String, Verdict)>,
 }
 
@@ -113,10 +137,17 @@ pub enum ReportError {
     BadUnit(String),
     /// More verdicts than a unit can have members.
     TooManyVerdicts { count: usize },
-    /// Two verdicts on the same member.
+    /// More members than a unit can have.
+    TooManyMembers { count: usize },
+    /// Two verdicts on the same member, or a member listed twice.
     Duplicate(NodeName),
     /// A verdict of the reporter on itself.
     OnItself(NodeName),
+    /// A verdict on a node that is not in `members`, or a reporter that is
+    /// not in its own `members`.
+    NotAMember(NodeName),
+    /// `interval_ms` outside [`REPORT_INTERVAL_MS`].
+    BadInterval(u64),
 }
 
 impl fmt::Display for ReportError {
@@ -136,12 +167,24 @@ impl fmt::Display for ReportError {
                 f,
                 "verdict report holds {count} verdicts; a unit has at most {MAX_UNIT_MEMBERS} members"
             ),
+            ReportError::TooManyMembers { count } => write!(
+                f,
+                "verdict report lists {count} members; a unit has at most {MAX_UNIT_MEMBERS}"
+            ),
             ReportError::Duplicate(n) => {
-                write!(f, "verdict report holds two verdicts on {n}")
+                write!(f, "verdict report names {n} twice (in members or verdicts)")
             }
             ReportError::OnItself(n) => {
                 write!(f, "verdict report from {n} holds a verdict on {n} itself")
             }
+            ReportError::NotAMember(n) => write!(
+                f,
+                "verdict report names {n}, which is not in the report's own member list"
+            ),
+            ReportError::BadInterval(ms) => write!(
+                f,
+                "verdict report states a probe interval of {ms} ms; 1 s to 1 h expected"
+            ),
         }
     }
 }
@@ -155,6 +198,8 @@ impl VerdictReport {
             from: self.from.as_str().to_owned(),
             unit: self.unit.clone(),
             seq: self.seq,
+            interval_ms: self.interval_ms,
+            members: self.members.iter().map(|n| n.as_str().to_owned()).collect(),
             verdicts: self
                 .verdicts
                 .iter()
@@ -166,9 +211,10 @@ impl VerdictReport {
     }
 
     /// Decodes and checks a report: at most [`MAX_REPORT_BYTES`] (checked
-    /// first, so a hostile length costs nothing), valid names and unit, at
-    /// most [`MAX_UNIT_MEMBERS`] verdicts, none twice and none on the
-    /// reporter itself.
+    /// first, so a hostile length costs nothing), valid names and unit, an
+    /// interval within [`REPORT_INTERVAL_MS`], at most [`MAX_UNIT_MEMBERS`]
+    /// members (the reporter among them, none twice; returned sorted) and
+    /// verdicts (only on members, none twice, none on the reporter itself).
     pub fn decode(bytes: &[u8]) -> Result<VerdictReport, ReportError> {
         if bytes.len() > MAX_REPORT_BYTES {
             return Err(ReportError::TooLarge { len: bytes.len() });
@@ -180,9 +226,27 @@ impl VerdictReport {
                 count: wire.verdicts.len(),
             });
         }
+        if wire.members.len() > MAX_UNIT_MEMBERS {
+            return Err(ReportError::TooManyMembers {
+                count: wire.members.len(),
+            });
+        }
         let from = NodeName::new(&wire.from).map_err(ReportError::BadName)?;
         if !is_unit_name(&wire.unit) {
             return Err(ReportError::BadUnit(wire.unit.chars().take(64).collect()));
+        }
+        if !REPORT_INTERVAL_MS.contains(&wire.interval_ms) {
+            return Err(ReportError::BadInterval(wire.interval_ms));
+        }
+        let mut members = BTreeSet::new();
+        for name in wire.members {
+            let name = NodeName::new(&name).map_err(ReportError::BadName)?;
+            if let Some(twice) = members.replace(name) {
+                return Err(ReportError::Duplicate(twice));
+            }
+        }
+        if !members.contains(&from) {
+            return Err(ReportError::NotAMember(from));
         }
         let mut seen = BTreeSet::new();
         let mut verdicts = Vec::with_capacity(wire.verdicts.len());
@@ -190,6 +254,9 @@ impl VerdictReport {
             let name = NodeName::new(&name).map_err(ReportError::BadName)?;
             if name == from {
                 return Err(ReportError::OnItself(name));
+            }
+            if !members.contains(&name) {
+                return Err(ReportError::NotAMember(name));
             }
             if !seen.insert(name.clone()) {
                 return Err(ReportError::Duplicate(name));
@@ -200,6 +267,8 @@ impl VerdictReport {
             from,
             unit: wire.unit,
             seq: wire.seq,
+            interval_ms: wire.interval_ms,
+            members: members.into_iter().collect(),
             verdicts,
         })
     }
@@ -265,6 +334,9 @@ pub enum Undecided {
     /// As many opinions say alive as dead (both 0: no reporter has a verdict
     /// on the member yet).
     Tie { alive: usize, dead: usize },
+    /// The reporting members are configured with different member lists
+    /// ([`tally_reports`]): the unit's size, and so its quorum, is unknown.
+    MembersDiffer,
 }
 
 impl fmt::Display for Undecided {
@@ -279,6 +351,10 @@ impl fmt::Display for Undecided {
                 f.write_str("no reporting member has a verdict on it yet")
             }
             Undecided::Tie { alive, dead } => write!(f, "tie: {alive} alive, {dead} dead"),
+            Undecided::MembersDiffer => f.write_str(
+                "members differ: the unit's reporters list different members; give every \
+                 member the same peers (plus itself)",
+            ),
         }
     }
 }
@@ -329,6 +405,41 @@ pub fn tally(
             (x.clone(), vote)
         })
         .collect()
+}
+
+/// Each member's vote, in the members' order.
+pub type Votes = Vec<(NodeName, Vote)>;
+
+/// The vote of a unit from its members' fresh reports as the hub holds them
+/// (each report names its unit's members): the unit's members and the vote
+/// on each, in name order. `None` without reports.
+///
+/// The reports must agree on the member list: a reporter counts the unit's
+/// size, and so the quorum, from its own list. If they do not (a member
+/// configured with other peers, a member added on some nodes but not yet
+/// on others, or a node claiming a unit it is not in), nothing is decided:
+/// every node any of them lists gets [`Undecided::MembersDiffer`]. Deciding
+/// on one of the lists would let a misconfigured or hostile member choose
+/// the quorum.
+pub fn tally_reports(reports: &[&VerdictReport]) -> Option<(Vec<NodeName>, Votes)> {
+    let first = reports.first()?;
+    if reports.iter().any(|r| r.members != first.members) {
+        let all: BTreeSet<&NodeName> = reports.iter().flat_map(|r| &r.members).collect();
+        let all: Vec<NodeName> = all.into_iter().cloned().collect();
+        let votes = all
+            .iter()
+            .map(|m| (m.clone(), Vote::Undecided(Undecided::MembersDiffer)))
+            .collect();
+        return Some((all, votes));
+    }
+    let borrowed: Vec<(NodeName, &[(NodeName, Verdict)])> = reports
+        .iter()
+        .map(|r| (r.from.clone(), r.verdicts.as_slice()))
+        .collect();
+    let mut members = first.members.clone();
+    members.sort();
+    let votes = tally(&members, &borrowed);
+    Some((members, votes))
 }
 
 #[cfg(test)]
@@ -524,14 +635,20 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn report_round_trip_and_checks() {
-        let report = VerdictReport {
+    fn sample_report() -> VerdictReport {
+        VerdictReport {
             from: n("gh-bench-01"),
             unit: "greenhouse".into(),
             seq: 1_750_000_000_000_000,
+            interval_ms: 25_000,
+            members: vec![n("gh-bench-01"), n("gh-bench-02"), n("gh-bench-03")],
             verdicts: vec![(n("gh-bench-02"), Alive), (n("gh-bench-03"), Dead)],
-        };
+        }
+    }
+
+    #[test]
+    fn report_round_trip_and_checks() {
+        let report = sample_report();
         let bytes = report.encode();
         assert_eq!(VerdictReport::decode(&bytes), Ok(report.clone()));
 
@@ -566,6 +683,8 @@ mod tests {
             from: "Not/A/Node".into(),
             unit: "u".into(),
             seq: 1,
+            interval_ms: 25_000,
+            members: vec![],
             verdicts: vec![],
         };
         let bytes = postcard::to_allocvec(&wire).expect("encodes");
@@ -586,19 +705,129 @@ mod tests {
     }
 
     #[test]
+    fn report_members_and_interval_checked() {
+        let report = sample_report();
+        // Members come back sorted, whatever order they were sent in.
+        let mut shuffled = report.clone();
+        shuffled.members.reverse();
+        assert_eq!(
+            VerdictReport::decode(&shuffled.encode()),
+            Ok(report.clone())
+        );
+
+        let mut bad = report.clone();
+        bad.members.push(n("gh-bench-02"));
+        assert_eq!(
+            VerdictReport::decode(&bad.encode()),
+            Err(ReportError::Duplicate(n("gh-bench-02")))
+        );
+        let mut bad = report.clone();
+        bad.members.retain(|m| m.as_str() != "gh-bench-01");
+        assert_eq!(
+            VerdictReport::decode(&bad.encode()),
+            Err(ReportError::NotAMember(n("gh-bench-01")))
+        );
+        let mut bad = report.clone();
+        bad.verdicts.push((n("stranger"), Dead));
+        assert_eq!(
+            VerdictReport::decode(&bad.encode()),
+            Err(ReportError::NotAMember(n("stranger")))
+        );
+        let mut bad = report.clone();
+        bad.members = (0..=MAX_UNIT_MEMBERS)
+            .map(|i| n(&format!("x{i}")))
+            .collect();
+        assert_eq!(
+            VerdictReport::decode(&bad.encode()),
+            Err(ReportError::TooManyMembers { count: 65 })
+        );
+        let wire = WireReport {
+            from: report.from.as_str().into(),
+            unit: report.unit.clone(),
+            seq: 1,
+            interval_ms: 25_000,
+            members: vec!["gh-bench-01".into(), "Bad_Name".into()],
+            verdicts: vec![],
+        };
+        let bytes = postcard::to_allocvec(&wire).expect("encodes");
+        assert!(matches!(
+            VerdictReport::decode(&bytes),
+            Err(ReportError::BadName(_))
+        ));
+        for ms in [0, 999, 3_600_001, u64::MAX] {
+            let mut bad = report.clone();
+            bad.interval_ms = ms;
+            assert_eq!(
+                VerdictReport::decode(&bad.encode()),
+                Err(ReportError::BadInterval(ms))
+            );
+        }
+    }
+
+    #[test]
+    fn tally_of_reports_needs_agreeing_members() {
+        let m = unit(3);
+        let report = |from: &str, members: &[NodeName]| VerdictReport {
+            from: n(from),
+            unit: "u".into(),
+            seq: 1,
+            interval_ms: 1000,
+            members: members.to_vec(),
+            verdicts: members
+                .iter()
+                .filter(|x| x.as_str() != from)
+                .map(|x| (x.clone(), Alive))
+                .collect(),
+        };
+        assert_eq!(tally_reports(&[]), None);
+        let (a, b) = (report("e1", &m), report("e2", &m));
+        let (members, votes) = tally_reports(&[&a, &b]).expect("reports");
+        assert_eq!(members, m);
+        assert_eq!(votes[2], (n("e3"), Vote::Alive { alive: 2, dead: 0 }));
+        // e2 counts a fourth member: the quorum is unknown, nothing decided.
+        let mut four = m.clone();
+        four.push(n("e4"));
+        let b = report("e2", &four);
+        let (members, votes) = tally_reports(&[&a, &b]).expect("reports");
+        assert_eq!(members, four);
+        assert!(votes
+            .iter()
+            .all(|(_, v)| *v == Vote::Undecided(Undecided::MembersDiffer)));
+    }
+
+    #[test]
     fn largest_valid_report_fits() {
         // 253 characters: a 61-character label and three of 63.
         let label = "a".repeat(63);
         let long = |i: usize| n(&format!("{i:02}{}.{label}.{label}.{label}", "a".repeat(59)));
+        let mut members: Vec<NodeName> = (0..MAX_UNIT_MEMBERS - 1).map(long).collect();
+        members.push(long(99));
+        members.sort();
         let report = VerdictReport {
             from: long(99),
             unit: "u".repeat(63),
             seq: u64::MAX,
-            verdicts: (0..MAX_UNIT_MEMBERS).map(|i| (long(i), Dead)).collect(),
+            interval_ms: *REPORT_INTERVAL_MS.end(),
+            verdicts: (0..MAX_UNIT_MEMBERS - 1).map(|i| (long(i), Dead)).collect(),
+            members,
         };
         let bytes = report.encode();
         assert!(bytes.len() <= MAX_REPORT_BYTES, "{}", bytes.len());
+        assert!(bytes.len() > MAX_REPORT_BYTES - 1024, "{}", bytes.len());
         assert_eq!(VerdictReport::decode(&bytes), Ok(report));
+        // A unit of 5 with 16-character names: what a report usually costs.
+        let names: Vec<NodeName> = (1..=5)
+            .map(|i| n(&format!("gh-bench-node-{i:02}")))
+            .collect();
+        let usual = VerdictReport {
+            from: names[0].clone(),
+            unit: "greenhouse-a".into(),
+            seq: 1_750_000_000_000_000,
+            interval_ms: 25_000,
+            verdicts: names[1..].iter().map(|m| (m.clone(), Alive)).collect(),
+            members: names,
+        };
+        assert_eq!(usual.encode().len(), 200);
     }
 
     #[test]
@@ -608,6 +837,8 @@ mod tests {
             from: n("a"),
             unit: "u".into(),
             seq: 7,
+            interval_ms: 1000,
+            members: vec![n("a"), n("b")],
             verdicts: vec![(n("b"), Alive)],
         }
         .encode();

@@ -53,6 +53,15 @@ pub const ADDRESSES_UPSTREAM: &str = "tether:node-addresses";
 /// Largest address announcement accepted.
 pub const ADDRESSES_MAX: usize = 4096;
 
+/// The upstream name an edge opens a stream to in order to send the hub one
+/// health [`VerdictReport`](crate::health::VerdictReport) (issue 6): one
+/// report per stream, its encoding and nothing else, at most
+/// [`HEALTH_REPORT_MAX`] bytes; the hub reads to the end and closes.
+pub const HEALTH_UPSTREAM: &str = "tether:health-verdicts";
+
+/// Largest health report accepted on a [`HEALTH_UPSTREAM`] stream.
+pub const HEALTH_REPORT_MAX: usize = crate::health::MAX_REPORT_BYTES;
+
 /// An owned copy of a [`Target`], for events that outlive the frame.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum OwnedTarget {

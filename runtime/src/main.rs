@@ -132,10 +132,11 @@ CONFIG FILE (a strict TOML subset; unknown keys are errors):
                                     client asking again is answered at
                                     once (\"0\": none).
 
-    [health]                        Health peers (issue 6, being built: read
-                                    and checked, not served yet): the edges
-                                    of a unit probe each other and vote on
-                                    who is alive. Needs the top-level unit.
+    [health]                        Health peers (issue 6): the edges of a
+                                    unit probe each other over UDP, vote on
+                                    who is alive, and report their verdicts
+                                    to the hub (its /nodes shows the votes).
+                                    Needs the top-level unit.
     listen = \"0.0.0.0:10263\"        The health port (UDP).
     key_file = \"unit.key\"           The unit's shared key (required; no
                                     default key): at least 32 bytes, e.g.
@@ -305,6 +306,12 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> 
                 .detach();
             proxy = Some(p);
         }
+        let mut health = None;
+        if let (Some(h), Some(unit)) = (&cfg.health, &cfg.unit) {
+            let port = tether_edge::health::io::HealthPort::bind(cfg.node.clone(), unit, h).await?;
+            health = Some(port.view());
+            ex.spawn(port.run(link.clone())).detach();
+        }
         if let Some(addr) = cfg.status {
             let listener = smol::net::TcpListener::bind(addr)
                 .await
@@ -312,6 +319,7 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> 
             let sources = std::rc::Rc::new(tether_edge::status::Sources {
                 link: link.clone(),
                 proxy,
+                health,
             });
             ex.spawn(tether_edge::status::serve(ex.clone(), sources, listener))
                 .detach();

@@ -1,5 +1,6 @@
 //! The edge's own status port: `/healthz` and `/metrics` (Prometheus text)
-//! with the link's and the API proxy's state, one GET per connection.
+//! with the link's, the API proxy's and the health peer's state, one GET
+//! per connection.
 
 use crate::http::{self, Limits};
 use crate::proxy::{Miss, Outage, Proxy};
@@ -17,6 +18,8 @@ pub struct Sources {
     pub link: Link,
     /// The API proxy, when it runs.
     pub proxy: Option<Rc<Proxy>>,
+    /// The health peer, when `[health]` is configured.
+    pub health: Option<crate::health::io::View>,
 }
 
 /// Serves the status port forever.
@@ -242,6 +245,32 @@ pub fn metrics(sources: &Sources) -> String {
                 s.evictions,
             );
         }
+    }
+    if let Some(health) = &sources.health {
+        let name = "tether_edge_health_peer_alive";
+        let _ = write!(
+            m,
+            "# HELP {name} This edge's verdict on each peer of its unit: 1 alive, 0 dead; \
+             absent while not yet judged.\n# TYPE {name} gauge\n"
+        );
+        for (peer, verdict) in health.verdicts() {
+            let alive = u8::from(verdict == tether_link::health::Verdict::Alive);
+            // Node names are DNS-1123: nothing in them needs escaping.
+            let _ = writeln!(m, "{name}{{peer=\"{peer}\"}} {alive}");
+        }
+        labelled(
+            &mut m,
+            "tether_edge_health_rejected_total",
+            "Datagrams on the health port dropped unread, by the check that failed.",
+            health.rejected().into_iter(),
+        );
+        metric(
+            &mut m,
+            "tether_edge_health_reports_sent_total",
+            "counter",
+            "Verdict reports sent to the hub.",
+            health.reports_sent(),
+        );
     }
     m
 }

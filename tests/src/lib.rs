@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod echo;
 pub mod faultproxy;
 pub mod fleet;
+pub mod healthunit;
 pub mod mosquitto;
 pub mod pki;
 pub mod procs;

@@ -58,6 +58,7 @@
 //! measures this from real encoded messages on a simulated unit. A verdict
 //! change adds one push of n − 1 messages of 88 bytes, once.
 
+pub mod io;
 pub mod peer;
 pub mod wire;
 
@@ -81,8 +82,9 @@ pub const DEFAULT_MAX_SKEW: Duration = Duration::from_secs(30);
 pub const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 10263);
 /// A peer's verdicts count in [`Health::votes`] for this many intervals after
-/// they arrived: two lost answers in a row do not drop a voter.
-pub const FRESH_INTERVALS: u32 = 3;
+/// they arrived (the hub keeps reports as long): two lost answers in a row
+/// do not drop a voter.
+pub use tether_link::health::FRESH_INTERVALS;
 /// Events kept until the IO layer drains them (it drains after every call,
 /// so this holds the worst single call with room to spare).
 const MAX_EVENTS: usize = 4 * MAX_UNIT_MEMBERS;
@@ -338,14 +340,28 @@ impl Health {
     }
 
     /// Our verdicts as a report for the hub, numbered above every earlier
-    /// report and message of this node.
+    /// report and message of this node, with the unit's members and our
+    /// interval (the hub has no unit config of its own).
     pub fn report(&mut self) -> VerdictReport {
         VerdictReport {
             from: self.own.clone(),
             unit: self.unit.clone(),
             seq: self.sender.next_seq(),
+            interval_ms: u64::try_from(self.timing.interval.as_millis()).unwrap_or(u64::MAX),
+            members: self.members.names().to_vec(),
             verdicts: self.verdicts(),
         }
+    }
+
+    /// The probe interval.
+    pub fn interval(&self) -> Duration {
+        self.timing.interval
+    }
+
+    /// Consecutive failures that make a peer dead, and answers that make a
+    /// dead peer alive (for log lines that say why a verdict changed).
+    pub fn hysteresis(&self) -> (u32, u32) {
+        (self.timing.dead_after, self.timing.alive_after)
     }
 
     /// The unit's vote on each member as this edge sees it at `now`: our own
@@ -654,6 +670,8 @@ mod tests {
         let second = h.report();
         assert!(second.seq > first.seq && first.seq > NOW_MS * 1000);
         assert_eq!(first.unit, "bench-a");
+        assert_eq!(first.interval_ms, 25_000);
+        assert_eq!(first.members, members);
         assert_eq!(
             first.verdicts,
             vec![(n("e02"), Verdict::Alive), (n("e03"), Verdict::Alive)]

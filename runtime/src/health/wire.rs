@@ -266,6 +266,34 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+impl Error {
+    /// Every [`Error::label`], for counters that show zeros too.
+    pub const LABELS: [&'static str; 8] = [
+        "oversized",
+        "malformed",
+        "wrong_unit",
+        "not_member",
+        "from_self",
+        "forged",
+        "stale",
+        "replayed",
+    ];
+
+    /// A short, stable name of the check that failed, for metrics labels.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::Oversized { .. } => "oversized",
+            Error::Malformed { .. } => "malformed",
+            Error::WrongUnit { .. } => "wrong_unit",
+            Error::NotMember { .. } => "not_member",
+            Error::FromSelf { .. } => "from_self",
+            Error::Forged { .. } => "forged",
+            Error::Stale { .. } => "stale",
+            Error::Replayed { .. } => "replayed",
+        }
+    }
+}
+
 /// Signs outgoing messages of one node and numbers them.
 #[derive(Debug)]
 pub struct Sender {
