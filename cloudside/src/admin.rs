@@ -171,7 +171,30 @@ pub fn metrics(reg: &Registry) -> String {
         }
     }
     health_metrics(&mut m, reg);
+    autonomy_metrics(&mut m, reg);
     m
+}
+
+/// What the autonomy controller does (only with `[autonomy]`).
+fn autonomy_metrics(m: &mut String, reg: &Registry) {
+    if !reg.autonomy.enabled {
+        return;
+    }
+    let name = "tether_hub_autonomy_active";
+    let _ = writeln!(
+        m,
+        "# HELP {name} 1 while the hub renews the node's Lease on its behalf (cut off, voted \
+         alive or annotated tether.io/autonomy).\n# TYPE {name} gauge"
+    );
+    for (node, a) in &reg.autonomy.nodes {
+        let _ = writeln!(m, "{name}{{node=\"{node}\"}} {}", u8::from(a.active));
+    }
+    let _ = write!(
+        m,
+        "# HELP tether_hub_lease_renewals_total Node Leases the hub renewed on the nodes' behalf.\n\
+         # TYPE tether_hub_lease_renewals_total counter\ntether_hub_lease_renewals_total {}\n",
+        reg.autonomy.renewals
+    );
 }
 
 /// The units' votes and the report counters.
@@ -210,6 +233,7 @@ pub fn nodes(reg: &Registry) -> String {
     let voted = reg.health.all_votes();
     let mut names: BTreeSet<&NodeName> = reg.nodes.keys().collect();
     names.extend(voted.iter().map(|(_, node, _)| *node));
+    names.extend(reg.autonomy.nodes.keys());
     let time =
         |t: Option<SystemTime>| t.map_or("null".to_string(), |t| format!("\"{}\"", timestamp(t)));
     let now = Instant::now();
@@ -247,11 +271,40 @@ pub fn nodes(reg: &Registry) -> String {
                 );
             }
         }
+        node_autonomy(&mut out, reg, name, &time);
         node_health(&mut out, reg, name, now, &time);
         out.push('}');
     }
     out.push_str(if names.is_empty() { "]\n" } else { "\n]\n" });
     out
+}
+
+/// A node's `autonomy` object in `/nodes`: whether the hub renews its
+/// Lease, since when, why, how many times so far, and the last error from
+/// kube-apiserver; `null` without `[autonomy]` or before the controller
+/// first looked at the node.
+fn node_autonomy(
+    out: &mut String,
+    reg: &Registry,
+    node: &NodeName,
+    time: &dyn Fn(Option<SystemTime>) -> String,
+) {
+    match reg.autonomy.nodes.get(node) {
+        Some(a) if reg.autonomy.enabled => {
+            let error = a.error.as_ref().map_or("null".to_string(), |e| {
+                serde_json::to_string(e).unwrap_or_else(|_| "null".to_string())
+            });
+            let _ = write!(
+                out,
+                ", \"autonomy\": {{\"active\": {}, \"since\": {}, \"reason\": \"{}\", \"renewals\": {}, \"error\": {error}}}",
+                a.active,
+                time(a.since),
+                a.reason,
+                a.renewals
+            );
+        }
+        _ => out.push_str(", \"autonomy\": null"),
+    }
 }
 
 /// A node's health fields in `/nodes`: its unit, the unit's vote on it

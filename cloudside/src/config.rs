@@ -88,6 +88,48 @@ pub struct Egress {
     pub connect_timeout: Duration,
 }
 
+/// How the hub authenticates to kube-apiserver for `[autonomy]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiIdentity {
+    /// A client certificate chain and its key (the hub's own identity).
+    Certificate {
+        /// The certificate chain file.
+        cert: PathBuf,
+        /// Its private key file.
+        key: PathBuf,
+    },
+    /// A bearer token read from this file before every request (a
+    /// ServiceAccount token, which kubelet rotates in place when the hub
+    /// runs in the cluster).
+    Token(PathBuf),
+}
+
+/// `[autonomy]` (issue 6): the hub renews the Lease of a node that is cut
+/// off from it while its unit votes it alive (or its Node carries
+/// `tether.io/autonomy: "true"`), so Kubernetes does not evict its pods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Autonomy {
+    /// kube-apiserver's host (name or IP, no brackets).
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+    /// The name its serving certificate must carry [default: `host`].
+    pub server_name: String,
+    /// CA of kube-apiserver's serving certificate.
+    pub ca: PathBuf,
+    /// How the hub proves who it is.
+    pub identity: ApiIdentity,
+    /// How often a protected node's Lease is renewed (and cut-off nodes
+    /// are looked at).
+    pub renew_every: Duration,
+}
+
+/// The longest `renew_every`: kube-controller-manager marks a node
+/// Unknown after `--node-monitor-grace-period` (40 s by default) without a
+/// renewal, so the hub must renew well within it, as kubelet does every
+/// 10 s.
+pub const MAX_RENEW_EVERY: Duration = Duration::from_secs(20);
+
 /// Everything the hub reads from its config file.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
@@ -113,6 +155,8 @@ pub struct HubConfig {
     pub exposes: Vec<Expose>,
     /// kube-apiserver's egress endpoint, if configured.
     pub egress: Option<Egress>,
+    /// The autonomy controller, if configured (issue 6).
+    pub autonomy: Option<Autonomy>,
 }
 
 /// Reads and checks the config file at `path`.
@@ -372,6 +416,10 @@ pub fn parse(text: &str, base: &Path) -> Result<HubConfig, Errors> {
             connect_timeout,
         }
     });
+    let autonomy = match errors.opt(root.table("autonomy")) {
+        Some(mut t) => parse_autonomy(&mut t, base, &upstreams, &mut errors),
+        None => None,
+    };
     errors.take(root.finish());
     errors.into_result()?;
     if listen_link.is_none() && broker.is_none() {
@@ -393,6 +441,126 @@ pub fn parse(text: &str, base: &Path) -> Result<HubConfig, Errors> {
         upstreams,
         exposes,
         egress,
+        autonomy,
+    })
+}
+
+/// Splits `https://host[:port]` into host and port (443 by default).
+pub fn parse_https_url(url: &str) -> Result<(String, u16), String> {
+    let rest = url.strip_prefix("https://").ok_or_else(|| {
+        format!("{url:?} is not an https:// address like \"https://10.0.0.1:6443\" (kube-apiserver serves only TLS)")
+    })?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@']) {
+        return Err(format!(
+            "{url:?}: give only scheme, host and port, like \"https://10.0.0.1:6443\""
+        ));
+    }
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (host, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("{url:?}: unclosed [ in an IPv6 address"))?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
+        }
+    };
+    let port = match port {
+        Some(p) => match p.parse::<u16>() {
+            Ok(p) if p > 0 => p,
+            _ => return Err(format!("{url:?}: {p:?} is not a TCP port")),
+        },
+        None => 443,
+    };
+    if host.is_empty() {
+        return Err(format!("{url:?} has no host"));
+    }
+    Ok((host.to_owned(), port))
+}
+
+/// Reads `[autonomy]`. Without `apiserver`, the address of
+/// `[upstream.kube-apiserver]` is used: edges reach kube-apiserver through
+/// it, so it is where the hub reaches it too.
+fn parse_autonomy(
+    t: &mut Table<'_>,
+    base: &Path,
+    upstreams: &BTreeMap<String, Upstream>,
+    errors: &mut Errors,
+) -> Option<Autonomy> {
+    let url = match errors.opt(t.str("apiserver")) {
+        Some(u) => Some(u.to_owned()),
+        None => upstreams
+            .get("kube-apiserver")
+            .map(|u| format!("https://{}", u.address)),
+    };
+    let endpoint = match url {
+        Some(u) => match parse_https_url(&u) {
+            Ok(hp) => Some(hp),
+            Err(e) => {
+                errors.push(t.error("apiserver", e));
+                None
+            }
+        },
+        None => {
+            errors.push(t.error(
+                "apiserver",
+                "missing: kube-apiserver as \"https://host:port\" (or an [upstream.kube-apiserver] whose address the hub can use)",
+            ));
+            None
+        }
+    };
+    let server_name = errors.opt(t.str("server_name")).map(str::to_owned);
+    let mut path = |key: &str| errors.opt(t.str(key)).map(|p| base.join(p));
+    let (ca, cert, key, token_file) = (path("ca"), path("cert"), path("key"), path("token_file"));
+    if ca.is_none() {
+        errors.push(t.error(
+            "ca",
+            "missing: the CA of kube-apiserver's serving certificate (in a pod: /var/run/secrets/kubernetes.io/serviceaccount/ca.crt)",
+        ));
+    }
+    let identity = match (cert, key, token_file) {
+        (Some(cert), Some(key), None) => Some(ApiIdentity::Certificate { cert, key }),
+        (None, None, Some(token)) => Some(ApiIdentity::Token(token)),
+        (None, None, None) => {
+            errors.push(t.error(
+                "token_file",
+                "missing: the hub's identity at kube-apiserver, cert and key or token_file (in a pod: /var/run/secrets/kubernetes.io/serviceaccount/token)",
+            ));
+            None
+        }
+        (_, _, Some(_)) => {
+            errors.push(t.error("token_file", "give cert and key, or token_file, not both"));
+            None
+        }
+        _ => {
+            errors.push(t.error("cert", "cert and key go together"));
+            None
+        }
+    };
+    let renew_every = match errors.opt(t.duration("renew_every")) {
+        Some(d) if d < Duration::from_secs(1) || d > MAX_RENEW_EVERY => {
+            errors.push(t.error(
+                "renew_every",
+                format!(
+                    "must be from 1s to {}s: kube-controller-manager marks a node Unknown 40s (--node-monitor-grace-period) after its last renewal",
+                    MAX_RENEW_EVERY.as_secs()
+                ),
+            ));
+            Duration::from_secs(10)
+        }
+        Some(d) => d,
+        None => Duration::from_secs(10),
+    };
+    let ((host, port), ca, identity) = (endpoint?, ca?, identity?);
+    Some(Autonomy {
+        server_name: server_name.unwrap_or_else(|| host.clone()),
+        host,
+        port,
+        ca,
+        identity,
+        renew_every,
     })
 }
 
@@ -454,6 +622,56 @@ mod tests {
             ("[egress]\nconnect_timeout = \"5s\"\n", "[egress] needs listen"),
             ("[[expose]]\nlisten = \"127.0.0.1:1\"\nnode = \"edge-1\"\nport = 80\npath = \"ui/\"\n", "is not a path prefix"),
             ("[[expose]]\nlisten = \"127.0.0.1:1\"\nnode = \"edge-1\"\nport = 80\n[[expose]]\nlisten = \"127.0.0.1:1\"\nnode = \"edge-1\"\nport = 81\npath = \"/x\"\n", "is already taken"),
+        ] {
+            let e = parse(&format!("{base}{text}"), Path::new("/"))
+                .expect_err("invalid")
+                .to_string();
+            assert!(e.contains(needle), "{needle:?} not in:\n{e}");
+        }
+    }
+
+    #[test]
+    fn autonomy() {
+        let base = "[listen]\nlink = \"127.0.0.1:7443\"\n[tls]\nplaintext = true\n[auth]\ntoken_file = \"t\"\n";
+        let c = parse(
+            &format!("{base}[autonomy]\napiserver = \"https://[::1]:6443\"\nca = \"ca.pem\"\ncert = \"hub.pem\"\nkey = \"hub-key.pem\"\nrenew_every = \"5s\"\n"),
+            Path::new("/etc/tether"),
+        )
+        .expect("valid");
+        let a = c.autonomy.expect("autonomy");
+        assert_eq!(
+            (a.host.as_str(), a.port, a.server_name.as_str()),
+            ("::1", 6443, "::1")
+        );
+        assert_eq!(a.renew_every, Duration::from_secs(5));
+        assert_eq!(
+            a.identity,
+            ApiIdentity::Certificate {
+                cert: PathBuf::from("/etc/tether/hub.pem"),
+                key: PathBuf::from("/etc/tether/hub-key.pem")
+            }
+        );
+        // Without apiserver, the kube-apiserver upstream's address.
+        let c = parse(
+            &format!("{base}[upstream.kube-apiserver]\naddress = \"10.0.0.1:6443\"\n[autonomy]\nca = \"ca.pem\"\ntoken_file = \"/var/run/token\"\n"),
+            Path::new("/etc/tether"),
+        )
+        .expect("valid");
+        let a = c.autonomy.expect("autonomy");
+        assert_eq!((a.host.as_str(), a.port), ("10.0.0.1", 6443));
+        assert_eq!(
+            a.identity,
+            ApiIdentity::Token(PathBuf::from("/var/run/token"))
+        );
+        assert_eq!(a.renew_every, Duration::from_secs(10));
+        for (text, needle) in [
+            ("[autonomy]\nca = \"ca.pem\"\ntoken_file = \"t\"\n", "autonomy.apiserver: missing"),
+            ("[autonomy]\napiserver = \"http://x:1\"\nca = \"c\"\ntoken_file = \"t\"\n", "is not an https:// address"),
+            ("[autonomy]\napiserver = \"https://x:0\"\nca = \"c\"\ntoken_file = \"t\"\n", "is not a TCP port"),
+            ("[autonomy]\napiserver = \"https://x\"\ntoken_file = \"t\"\n", "autonomy.ca: missing"),
+            ("[autonomy]\napiserver = \"https://x\"\nca = \"c\"\n", "autonomy.token_file: missing"),
+            ("[autonomy]\napiserver = \"https://x\"\nca = \"c\"\ncert = \"c\"\n", "cert and key go together"),
+            ("[autonomy]\napiserver = \"https://x\"\nca = \"c\"\ntoken_file = \"t\"\nrenew_every = \"40s\"\n", "autonomy.renew_every: must be from 1s to 20s"),
         ] {
             let e = parse(&format!("{base}{text}"), Path::new("/"))
                 .expect_err("invalid")

@@ -12,10 +12,13 @@
 //!   their HTTP error answers.
 //! - [`broker`]: the replica's broker connection, relaying node sessions.
 //! - [`health`]: the edges' health reports and each unit's vote (issue 6).
+//! - [`autonomy`]: renewing the Leases of cut-off nodes their unit votes
+//!   alive, so Kubernetes keeps their pods (issue 6).
 //! - [`admin`]: `/healthz`, `/metrics`, `/nodes`.
 
 pub mod admin;
 pub mod auth;
+pub mod autonomy;
 pub mod broker;
 pub mod config;
 pub mod egress;

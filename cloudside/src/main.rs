@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::rc::Rc;
 use tether_conf::cli;
-use tether_hub::{admin, auth, broker, config, egress, expose, links};
+use tether_hub::{admin, auth, autonomy, broker, config, egress, expose, links};
 
 const HELP: &str = "\
 tether-hub: the cloud end of Tether. Accepts one MQTT-framed TLS link per
@@ -101,6 +101,30 @@ CONFIG FILE (a strict TOML subset; unknown keys are errors):
                                     under that prefix (stripped; the service
                                     gets X-Forwarded-Prefix); several may
                                     share one listen with different paths.
+
+    [autonomy]                      Issue 6: while a node's link is down and
+                                    its unit votes it alive (or its Node is
+                                    annotated tether.io/autonomy: \"true\"),
+                                    renew its Lease in kube-node-lease on its
+                                    behalf so Kubernetes keeps its pods; each
+                                    start and stop is an Event on the Node.
+                                    Needs RBAC: leases get, update (in
+                                    kube-node-lease); nodes get, list, watch;
+                                    events create (cloudside/rbac.yaml).
+    apiserver = \"https://10.0.0.1:6443\"
+                                    kube-apiserver [default: https:// and the
+                                    address of [upstream.kube-apiserver]].
+    server_name = \"...\"             Name its certificate carries [default:
+                                    the host of apiserver].
+    ca = \"apiserver-ca.pem\"         CA of its serving certificate (in a pod:
+                                    /var/run/secrets/kubernetes.io/
+                                    serviceaccount/ca.crt).
+    cert = \"hub-client.pem\"         The hub's client certificate and key,
+    key = \"hub-client-key.pem\"      or:
+    token_file = \"token\"            A bearer token, re-read per request (in
+                                    a pod: .../serviceaccount/token).
+    renew_every = \"10s\"             Renewal period, 1s to 20s (kubelet's is
+                                    10s; nodes go Unknown 40s after the last).
 ";
 
 fn main() -> ExitCode {
@@ -150,6 +174,12 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> 
     }
     let broker_tls = match &cfg.broker {
         Some(b) => broker::tls(b)?,
+        None => None,
+    };
+    // Built before anything listens, so a bad CA, key or token file stops
+    // the hub at start with the file named.
+    let autonomy_client = match &cfg.autonomy {
+        Some(a) => Some((autonomy::client::Client::new(a)?, a.renew_every)),
         None => None,
     };
     let ex = Rc::new(smol::LocalExecutor::new());
@@ -228,6 +258,9 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> 
         }
         ex.spawn(links::expire_sessions(hub.clone())).detach();
         ex.spawn(tether_hub::health::retally(hub.clone())).detach();
+        if let Some((client, every)) = autonomy_client {
+            ex.spawn(autonomy::run(hub.clone(), client, every)).detach();
+        }
         if cfg.broker.is_some() {
             ex.spawn(broker::run(hub.clone(), broker_tls)).detach();
         }

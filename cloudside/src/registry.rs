@@ -1,6 +1,6 @@
 //! Every node the hub knows: its session (which outlives connections), its
-//! link state and counters, the units' health votes, and the hub-wide
-//! counters.
+//! link state and counters, the units' health votes, what the autonomy
+//! controller does for each node, and the hub-wide counters.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -56,6 +56,8 @@ pub struct Registry {
     pub handshake_waiter: Option<std::task::Waker>,
     /// Health reports and each unit's vote (issue 6).
     pub health: crate::health::Units,
+    /// What the autonomy controller does for each node (issue 6).
+    pub autonomy: crate::autonomy::Status,
 }
 
 impl Registry {

@@ -49,6 +49,10 @@
 //!
 //! Without TLS every request is allowed; with TLS a client needs a certificate signed by
 //! the test CA or a bearer token, otherwise it gets 403 as `system:anonymous` does.
+//! [`StandIn::forbid`] denies one verb on one resource to one identity, as a missing
+//! RBAC rule does; [`StandIn::set_annotation`] annotates an object as `kubectl annotate`
+//! does. Every request, its body included, is in [`StandIn::requests`] (a lease PUT shows
+//! its `renewTime` there).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -510,6 +514,8 @@ struct Shared {
     tokens: AtomicU64,
     /// [`StandIn::set_token_lifetime`].
     token_lifetime: Mutex<Option<Duration>>,
+    /// [`StandIn::forbid`]: (identity, verb, resource).
+    forbidden: Mutex<Vec<(String, String, String)>>,
     tls: Option<Arc<ServerConfig>>,
 }
 
@@ -576,6 +582,7 @@ impl StandIn {
             audit: AtomicU64::new(0),
             tokens: AtomicU64::new(0),
             token_lifetime: Mutex::new(None),
+            forbidden: Mutex::new(Vec::new()),
             tls,
         });
         let s = Arc::clone(&shared);
@@ -668,6 +675,52 @@ impl StandIn {
             };
             c.commit(kind, obj, edit).map(|_| c.rv)
         })
+    }
+
+    /// Sets annotation `key` to `value` on an existing object in both encodings (as
+    /// `kubectl annotate` does) and gives it a new resourceVersion (returned); watchers
+    /// get MODIFIED.
+    ///
+    /// # Errors
+    ///
+    /// No such object, or its bytes cannot be rewritten.
+    pub fn set_annotation(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<u64, String> {
+        self.write(|c| {
+            let obj = c
+                .get(kind, namespace, name)
+                .ok_or_else(|| format!("{} {namespace}/{name} not found", kind.resource()))?;
+            let mut annotations = json_meta_map(&obj.json, b"annotations")?;
+            match annotations.iter_mut().find(|(k, _)| k == key) {
+                Some(entry) => entry.1 = value.to_owned(),
+                None => annotations.push((key.to_owned(), value.to_owned())),
+            }
+            annotations.sort();
+            let obj = Obj::clone(obj);
+            let edit = MetaEdit {
+                annotations: Some(&annotations),
+                ..MetaEdit::default()
+            };
+            c.commit(kind, obj, edit).map(|_| c.rv)
+        })
+    }
+
+    /// From now on, requests by `identity` (a client certificate's CN, or
+    /// `bearer:<token>`) to `verb` (`get`, `update`, `create`, ...) `resource`
+    /// (`leases`, `nodes`, ...) get 403 Forbidden, with the message the RBAC
+    /// authorizer gives a user without that permission.
+    pub fn forbid(&self, identity: &str, verb: &str, resource: &str) {
+        lock(&self.shared.forbidden).push((
+            identity.to_owned(),
+            verb.to_owned(),
+            resource.to_owned(),
+        ));
     }
 
     /// Deletes an object; watchers get DELETED carrying its last state at the new
@@ -1109,8 +1162,13 @@ fn node_name_of(kind: Kind, json_item: &[u8]) -> String {
 }
 
 fn json_labels(item: &[u8]) -> Result<Vec<(String, String)>, String> {
+    json_meta_map(item, b"labels")
+}
+
+/// A string map of `metadata` (`labels`, `annotations`), in the item's order.
+fn json_meta_map(item: &[u8], key: &[u8]) -> Result<Vec<(String, String)>, String> {
     let meta = json_member(item, 0, b"metadata")?.ok_or("item has no metadata")?;
-    let Some(labels) = json_member(item, meta.start, b"labels")? else {
+    let Some(labels) = json_member(item, meta.start, key)? else {
         return Ok(Vec::new());
     };
     if json::is_null(item, &labels) {
@@ -1185,6 +1243,8 @@ struct MetaEdit<'a> {
     creation: Option<i64>,
     /// Replaces all labels (sorted, as Go writes maps).
     labels: Option<&'a [(String, String)]>,
+    /// Replaces all annotations (sorted).
+    annotations: Option<&'a [(String, String)]>,
 }
 
 /// One ObjectMeta field of a [`MetaEdit`], encoded both ways.
@@ -1233,14 +1293,18 @@ impl MetaEdit<'_> {
                 json: j,
             });
         }
-        if let Some(labels) = self.labels {
+        for (num, name, map) in [
+            (11, &b"labels"[..], self.labels),
+            (12, &b"annotations"[..], self.annotations),
+        ] {
+            let Some(map) = map else { continue };
             let mut p = Vec::new();
             let mut j = vec![b'{'];
-            for (i, (k, v)) in labels.iter().enumerate() {
+            for (i, (k, v)) in map.iter().enumerate() {
                 let mut entry = Vec::new();
                 pb::put_len_field(&mut entry, 1, k.as_bytes());
                 pb::put_len_field(&mut entry, 2, v.as_bytes());
-                pb::put_len_field(&mut p, 11, &entry);
+                pb::put_len_field(&mut p, num, &entry);
                 if i > 0 {
                     j.push(b',');
                 }
@@ -1250,8 +1314,8 @@ impl MetaEdit<'_> {
             }
             j.push(b'}');
             out.push(FieldEdit {
-                num: 11,
-                name: b"labels",
+                num,
+                name,
                 pb: p,
                 json: j,
             });
@@ -3004,6 +3068,11 @@ fn verb(method: &str, route: &Route<'_>, watch: bool) -> &'static str {
 
 /// The 403 `system:anonymous` gets from the authorizer.
 fn forbidden(route: &Route<'_>, method: &str, watch: bool) -> Failure {
+    forbidden_to("system:anonymous", route, method, watch)
+}
+
+/// The 403 the RBAC authorizer gives `user` for a request it has no rule for.
+fn forbidden_to(user: &str, route: &Route<'_>, method: &str, watch: bool) -> Failure {
     let (resource, group, ns, name, kind_resource) = match *route {
         Route::Collection { kind, ns } => {
             (kind.resource().to_owned(), kind.group(), ns, None, kind)
@@ -3045,7 +3114,7 @@ fn forbidden(route: &Route<'_>, method: &str, watch: bool) -> Failure {
         None => qualified,
     };
     let msg = format!(
-        "{subject} is forbidden: User \"system:anonymous\" cannot {} resource \"{resource}\" in API group \"{group}\" {scope}",
+        "{subject} is forbidden: User \"{user}\" cannot {} resource \"{resource}\" in API group \"{group}\" {scope}",
         verb(method, route, watch)
     );
     let kind = resource.split('/').next().unwrap_or("").to_owned();
@@ -3094,6 +3163,23 @@ fn handle(conn: &mut Conn<'_>, head: &Head, body: &[u8]) -> io::Result<bool> {
     }
     if conn.shared.tls.is_some() && identity.is_empty() {
         let st = forbidden(&route, &head.method, query.flag("watch"));
+        respond_failure(conn, encoding, st)?;
+        return Ok(true);
+    }
+    let watch = query.flag("watch");
+    let denied = {
+        let verb = verb(&head.method, &route, watch);
+        let resource = match route {
+            Route::Collection { kind, .. } | Route::Object { kind, .. } => kind.resource(),
+            Route::Token { .. } => "serviceaccounts/token",
+            Route::NoResource | Route::NoPath => "",
+        };
+        lock(&conn.shared.forbidden)
+            .iter()
+            .any(|(i, v, r)| *i == identity && v == verb && r == resource)
+    };
+    if denied {
+        let st = forbidden_to(&identity, &route, &head.method, watch);
         respond_failure(conn, encoding, st)?;
         return Ok(true);
     }
