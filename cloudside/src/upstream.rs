@@ -3,6 +3,10 @@
 //! The edge names an upstream; the hub dials the address its own config
 //! gives for that name and splices bytes. An edge can never make the hub
 //! dial an address of its choosing.
+//!
+//! Two reserved names are read by the hub itself, never dialled: the
+//! node's addresses ([`ADDRESSES_UPSTREAM`], here) and its health verdict
+//! reports ([`HEALTH_UPSTREAM`], [`crate::health::receive`]).
 
 use crate::links::Hub;
 use futures_lite::FutureExt;

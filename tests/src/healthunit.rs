@@ -106,7 +106,8 @@ pub fn write_key(pki: &Pki, name: &str, seed: u64) -> (PathBuf, Vec<u8>) {
 }
 
 /// An edge config for `name` in `unit`: plaintext link to `link` with its
-/// test token, status port, `[health]` with `health_extra` appended (the
+/// test token (relinking within a second once the link is back), status
+/// port, `[health]` with `health_extra` appended (the
 /// caller's `key_file`, `peers`, `interval`...).
 pub fn edge_config(
     pki: &Pki,
@@ -120,7 +121,8 @@ pub fn edge_config(
     let token = pki.write(&format!("token-{name}"), &token_of(name));
     let text = format!(
         "node = \"{name}\"\nunit = \"{unit}\"\nlog_level = \"{log_level}\"\n[hub]\n\
-         address = \"{link}\"\nplaintext = true\ntoken_file = \"{}\"\n[status]\n\
+         address = \"{link}\"\nplaintext = true\ntoken_file = \"{}\"\n[link]\n\
+         backoff_initial = \"100ms\"\nbackoff_max = \"1s\"\n[status]\n\
          listen = \"{status}\"\n[health]\n{health_extra}",
         token.display()
     );

@@ -12,3 +12,4 @@ pub mod pki;
 pub mod procs;
 pub mod qemu;
 pub mod tunnel;
+pub mod udpdrop;
