@@ -8,6 +8,7 @@
 
 use std::fmt;
 
+pub mod endpoints;
 pub mod json;
 pub mod list_stream;
 pub mod meta;
