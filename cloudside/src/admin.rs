@@ -172,7 +172,39 @@ pub fn metrics(reg: &Registry) -> String {
     }
     health_metrics(&mut m, reg);
     autonomy_metrics(&mut m, reg);
+    webhook_metrics(&mut m, reg);
     m
+}
+
+/// What the pod webhook does (only with `[autonomy] webhook_listen`).
+fn webhook_metrics(m: &mut String, reg: &Registry) {
+    let w = &reg.autonomy.webhook;
+    if !w.enabled {
+        return;
+    }
+    for (name, help, v) in [
+        (
+            "tether_hub_webhook_requests_total",
+            "Requests to the pod webhook, any outcome.",
+            w.requests,
+        ),
+        (
+            "tether_hub_webhook_patched_total",
+            "Pods labelled tether.io/offline=autonomy given tolerations without a time limit.",
+            w.patched,
+        ),
+        (
+            "tether_hub_webhook_refused_total",
+            "Requests to the pod webhook answered with an error (malformed review, wrong path or \
+             method, too large); kube-apiserver then admits the pod unchanged (failurePolicy Ignore).",
+            w.refused,
+        ),
+    ] {
+        let _ = write!(
+            m,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
+        );
+    }
 }
 
 /// What the autonomy controller does (only with `[autonomy]`).

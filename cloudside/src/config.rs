@@ -122,6 +122,23 @@ pub struct Autonomy {
     /// How often a protected node's Lease is renewed (and cut-off nodes
     /// are looked at).
     pub renew_every: Duration,
+    /// The pod webhook (`webhook_listen`, `webhook_cert`, `webhook_key`),
+    /// if configured.
+    pub webhook: Option<Webhook>,
+}
+
+/// The mutating admission webhook of `[autonomy]`: kube-apiserver calls it
+/// over HTTPS for pods labelled `tether.io/offline: autonomy`, and it gives
+/// them tolerations without a time limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    /// Where it listens (HTTPS).
+    pub listen: SocketAddr,
+    /// Its serving certificate chain (PEM): kube-apiserver checks it
+    /// against the `caBundle` of the MutatingWebhookConfiguration.
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
 }
 
 /// The longest `renew_every`: kube-controller-manager marks a node
@@ -553,6 +570,7 @@ fn parse_autonomy(
         Some(d) => d,
         None => Duration::from_secs(10),
     };
+    let webhook = parse_webhook(t, base, errors);
     let ((host, port), ca, identity) = (endpoint?, ca?, identity?);
     Some(Autonomy {
         server_name: server_name.unwrap_or_else(|| host.clone()),
@@ -561,7 +579,37 @@ fn parse_autonomy(
         ca,
         identity,
         renew_every,
+        webhook,
     })
+}
+
+/// Reads the webhook keys of `[autonomy]`: all three or none, since
+/// kube-apiserver calls webhooks only over HTTPS.
+fn parse_webhook(t: &mut Table<'_>, base: &Path, errors: &mut Errors) -> Option<Webhook> {
+    let listen = addr(t, "webhook_listen", errors);
+    let mut path = |key: &str| errors.opt(t.str(key)).map(|p| base.join(p));
+    let (cert, key) = (path("webhook_cert"), path("webhook_key"));
+    match (listen, cert, key) {
+        (Some(listen), Some(cert), Some(key)) => Some(Webhook { listen, cert, key }),
+        (None, None, None) => None,
+        (Some(_), None, _) | (Some(_), _, None) => {
+            errors.push(t.error(
+                "webhook_cert",
+                "the webhook needs webhook_cert and webhook_key (PEM): kube-apiserver calls webhooks only over HTTPS",
+            ));
+            None
+        }
+        _ => {
+            // A listen that did not parse was reported already.
+            if t.str("webhook_listen").ok().flatten().is_none() {
+                errors.push(t.error(
+                    "webhook_listen",
+                    "missing: webhook_cert and webhook_key need webhook_listen, like \"0.0.0.0:8443\"",
+                ));
+            }
+            None
+        }
+    }
 }
 
 #[cfg(test)]
@@ -664,6 +712,20 @@ mod tests {
             ApiIdentity::Token(PathBuf::from("/var/run/token"))
         );
         assert_eq!(a.renew_every, Duration::from_secs(10));
+        assert_eq!(a.webhook, None);
+        let c = parse(
+            &format!("{base}[autonomy]\napiserver = \"https://x\"\nca = \"c\"\ntoken_file = \"t\"\nwebhook_listen = \"0.0.0.0:8443\"\nwebhook_cert = \"w.pem\"\nwebhook_key = \"w-key.pem\"\n"),
+            Path::new("/etc/tether"),
+        )
+        .expect("valid");
+        assert_eq!(
+            c.autonomy.and_then(|a| a.webhook),
+            Some(Webhook {
+                listen: "0.0.0.0:8443".parse().expect("address"),
+                cert: PathBuf::from("/etc/tether/w.pem"),
+                key: PathBuf::from("/etc/tether/w-key.pem"),
+            })
+        );
         for (text, needle) in [
             ("[autonomy]\nca = \"ca.pem\"\ntoken_file = \"t\"\n", "autonomy.apiserver: missing"),
             ("[autonomy]\napiserver = \"http://x:1\"\nca = \"c\"\ntoken_file = \"t\"\n", "is not an https:// address"),
@@ -672,6 +734,9 @@ mod tests {
             ("[autonomy]\napiserver = \"https://x\"\nca = \"c\"\n", "autonomy.token_file: missing"),
             ("[autonomy]\napiserver = \"https://x\"\nca = \"c\"\ncert = \"c\"\n", "cert and key go together"),
             ("[autonomy]\napiserver = \"https://x\"\nca = \"c\"\ntoken_file = \"t\"\nrenew_every = \"40s\"\n", "autonomy.renew_every: must be from 1s to 20s"),
+            ("[autonomy]\napiserver = \"https://x\"\nca = \"c\"\ntoken_file = \"t\"\nwebhook_listen = \"0.0.0.0:8443\"\n", "autonomy.webhook_cert: the webhook needs webhook_cert and webhook_key"),
+            ("[autonomy]\napiserver = \"https://x\"\nca = \"c\"\ntoken_file = \"t\"\nwebhook_cert = \"w.pem\"\nwebhook_key = \"w-key.pem\"\n", "autonomy.webhook_listen: missing"),
+            ("[autonomy]\napiserver = \"https://x\"\nca = \"c\"\ntoken_file = \"t\"\nwebhook_listen = \"8443\"\nwebhook_cert = \"w.pem\"\nwebhook_key = \"k.pem\"\n", "autonomy.webhook_listen: \"8443\" is not an address"),
         ] {
             let e = parse(&format!("{base}{text}"), Path::new("/"))
                 .expect_err("invalid")

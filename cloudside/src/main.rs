@@ -125,6 +125,16 @@ CONFIG FILE (a strict TOML subset; unknown keys are errors):
                                     a pod: .../serviceaccount/token).
     renew_every = \"10s\"             Renewal period, 1s to 20s (kubelet's is
                                     10s; nodes go Unknown 40s after the last).
+    webhook_listen = \"0.0.0.0:8443\" Optional: a mutating admission webhook
+    webhook_cert = \"webhook.pem\"    (HTTPS, POST /mutate-pods) that gives
+    webhook_key = \"webhook-key.pem\" pods labelled tether.io/offline: autonomy
+                                    tolerations for node.kubernetes.io/
+                                    unreachable and not-ready without
+                                    tolerationSeconds (replacing the 300s
+                                    ones of DefaultTolerationSeconds), so they
+                                    stay through outages of any length.
+                                    Register it with cloudside/webhook.yaml
+                                    (caBundle: the CA of webhook_cert).
 ";
 
 fn main() -> ExitCode {
@@ -182,6 +192,10 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> 
         Some(a) => Some((autonomy::client::Client::new(a)?, a.renew_every)),
         None => None,
     };
+    let webhook = match cfg.autonomy.as_ref().and_then(|a| a.webhook.as_ref()) {
+        Some(w) => Some((w.listen, autonomy::webhook::tls(&w.cert, &w.key)?)),
+        None => None,
+    };
     let ex = Rc::new(smol::LocalExecutor::new());
     smol::block_on(ex.run(async {
         let link_listener = match cfg.listen_link {
@@ -198,6 +212,15 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> 
                     .await
                     .map_err(|e| format!("listen.admin {a}: {e}"))?,
             ),
+            None => None,
+        };
+        let webhook_listener = match webhook {
+            Some((a, acceptor)) => Some((
+                smol::net::TcpListener::bind(a)
+                    .await
+                    .map_err(|e| format!("autonomy.webhook_listen {a}: {e}"))?,
+                acceptor,
+            )),
             None => None,
         };
         let mut expose_listeners = Vec::new();
@@ -260,6 +283,17 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> 
         ex.spawn(tether_hub::health::retally(hub.clone())).detach();
         if let Some((client, every)) = autonomy_client {
             ex.spawn(autonomy::run(hub.clone(), client, every)).detach();
+        }
+        if let Some((l, acceptor)) = webhook_listener {
+            log::info!(
+                "autonomy webhook (pods labelled {}={}) on https://{}{}",
+                autonomy::webhook::LABEL,
+                autonomy::webhook::LABEL_VALUE,
+                l.local_addr().map_or("?".to_string(), |a| a.to_string()),
+                autonomy::webhook::PATH
+            );
+            ex.spawn(autonomy::webhook::serve(hub.clone(), l, acceptor))
+                .detach();
         }
         if cfg.broker.is_some() {
             ex.spawn(broker::run(hub.clone(), broker_tls)).detach();

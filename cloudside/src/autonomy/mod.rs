@@ -17,9 +17,12 @@
 //!
 //! - [`client`]: the HTTPS client to kube-apiserver.
 //! - [`objects`]: Lease, Node annotation, Events, error texts (sans IO).
+//! - [`webhook`]: the mutating admission webhook that gives pods labelled
+//!   `tether.io/offline: autonomy` tolerations without a time limit.
 
 pub mod client;
 pub mod objects;
+pub mod webhook;
 
 use crate::links::Hub;
 use client::Client;
@@ -61,6 +64,8 @@ pub struct Status {
     pub renewals: u64,
     /// Whether `[autonomy]` is configured (else nothing is shown).
     pub enabled: bool,
+    /// The pod webhook's counters.
+    pub webhook: webhook::Counters,
 }
 
 /// Whether the hub protects a node, and why (or why not).
