@@ -308,8 +308,15 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> 
         }
         let mut health = None;
         if let (Some(h), Some(unit)) = (&cfg.health, &cfg.unit) {
-            let port = tether_edge::health::io::HealthPort::bind(cfg.node.clone(), unit, h).await?;
+            let mut port =
+                tether_edge::health::io::HealthPort::bind(cfg.node.clone(), unit, h).await?;
             health = Some(port.view());
+            if let Some(p) = &proxy {
+                // Node awareness: offline, the proxy leaves out the
+                // endpoints on the nodes the unit votes dead.
+                let p = p.clone();
+                port.publish_dead(move |dead| p.set_dead_nodes(dead));
+            }
             ex.spawn(port.run(link.clone())).detach();
         }
         if let Some(addr) = cfg.status {

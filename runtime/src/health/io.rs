@@ -42,7 +42,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
-use tether_link::health::{Verdict, VerdictReport};
+use tether_link::health::{Verdict, VerdictReport, Vote};
 use tether_link::io::Link;
 use tether_link::mux::{OwnedTarget, HEALTH_REPORT_MAX, HEALTH_UPSTREAM};
 use tether_link::topic::NodeName;
@@ -68,6 +68,16 @@ pub struct HealthPort {
     shared: Rc<RefCell<Shared>>,
     socket: UdpSocket,
     peers: Vec<PeerAddr>,
+    /// This edge's name: never in the dead set it publishes.
+    own: NodeName,
+    /// Where the nodes the unit votes dead go (node awareness).
+    dead_out: Option<DeadOut>,
+}
+
+/// The receiver of the dead set and what it was last given.
+struct DeadOut {
+    publish: Box<dyn Fn(BTreeSet<String>)>,
+    last: RefCell<Option<BTreeSet<String>>>,
 }
 
 /// What the loops share, and what the status port reads.
@@ -118,7 +128,7 @@ impl HealthPort {
         let socket = UdpSocket::bind(config.listen)
             .await
             .map_err(|e| format!("health.listen {}: {e}", config.listen))?;
-        let health = Health::new(own, unit, config, unix_ms(), Instant::now());
+        let health = Health::new(own.clone(), unit, config, unix_ms(), Instant::now());
         // Address literals need no lookup; host names wait for `resolve`.
         let resolved = config
             .peers
@@ -142,7 +152,39 @@ impl HealthPort {
             })),
             socket,
             peers: config.peers.clone(),
+            own,
+            dead_out: None,
         })
+    }
+
+    /// Hands `publish` the nodes the unit votes dead by this edge's own
+    /// tally ([`Health::votes`]), at start and whenever they change. The
+    /// tally is taken after every timer and datagram, since a vote also
+    /// changes without an event when a peer's report goes stale. This edge
+    /// is never in it: it is running.
+    pub fn publish_dead(&mut self, publish: impl Fn(BTreeSet<String>) + 'static) {
+        self.dead_out = Some(DeadOut {
+            publish: Box::new(publish),
+            last: RefCell::new(None),
+        });
+    }
+
+    /// Publishes the dead set if it changed (see [`HealthPort::publish_dead`]).
+    fn publish_votes(&self, now: Instant) {
+        let Some(out) = &self.dead_out else { return };
+        let dead: BTreeSet<String> = self
+            .shared
+            .borrow()
+            .health
+            .votes(now)
+            .into_iter()
+            .filter(|(node, vote)| matches!(vote, Vote::Dead { .. }) && *node != self.own)
+            .map(|(node, _)| node.as_str().to_owned())
+            .collect();
+        if out.last.borrow().as_ref() != Some(&dead) {
+            *out.last.borrow_mut() = Some(dead.clone());
+            (out.publish)(dead);
+        }
     }
 
     /// The address the health port is bound to.
@@ -203,6 +245,7 @@ impl HealthPort {
             for d in out {
                 self.send(d).await;
             }
+            self.publish_votes(now);
             if self.log_events() {
                 let _ = changed.try_send(());
             }

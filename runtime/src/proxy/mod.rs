@@ -24,6 +24,7 @@
 //! holds it.
 
 pub mod answers;
+pub mod aware;
 pub mod offline;
 pub mod record;
 pub mod token;
@@ -83,6 +84,9 @@ pub struct Proxy {
     answers: RefCell<answers::Answers>,
     /// Where the addresses of this node's Node status go.
     announcer: RefCell<Option<Announcer>>,
+    /// The nodes this edge's unit votes dead: their endpoints are left out
+    /// of the EndpointSlices and Endpoints served offline.
+    dead: aware::DeadNodes,
 }
 
 /// Passes the addresses in this node's Node status on, when they change
@@ -192,7 +196,25 @@ impl Proxy {
             budget,
             answers: RefCell::new(answers::Answers::new(answer_cache)),
             announcer: RefCell::new(None),
+            dead: aware::DeadNodes::new(),
         }
+    }
+
+    /// The nodes this edge's unit votes dead now (the health peer's own
+    /// tally). Offline answers kept in memory are forgotten, and open
+    /// watches are told, when they change.
+    pub fn set_dead_nodes(&self, dead: std::collections::BTreeSet<String>) {
+        let shown = dead.iter().cloned().collect::<Vec<_>>().join(", ");
+        if self.dead.set(dead) {
+            // A kept answer was filtered for the old set.
+            self.answers.borrow_mut().clear();
+            info!("node awareness: nodes voted dead by the unit: [{shown}]; offline, their endpoints are left out");
+        }
+    }
+
+    /// The nodes voted dead (see [`Proxy::set_dead_nodes`]).
+    pub fn dead_nodes(&self) -> &aware::DeadNodes {
+        &self.dead
     }
 
     /// What the proxy did so far.
@@ -516,9 +538,13 @@ async fn answer_offline(
         return Ok(true);
     }
     let kept = key.and_then(|key| proxy.answers.borrow_mut().get(key));
+    // Node awareness: kube-proxy's objects leave out the dead nodes'
+    // endpoints (a kept answer was built for the same set: a change empties
+    // them).
+    let dead = proxy.dead.get();
     let cached = match (kept, key, proxy.store.borrow_mut().as_mut()) {
         (Some(kept), _, _) => Ok(kept),
-        (None, Some(key), Some(store)) => match offline::answer(store, key, api.encoding) {
+        (None, Some(key), Some(store)) => match offline::answer(store, key, api.encoding, &dead) {
             Ok(Some(found)) => {
                 debug!("offline answer for {key} built from the cache");
                 let found = Rc::new(found);

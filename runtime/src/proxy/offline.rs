@@ -5,7 +5,7 @@
 use crate::cache::{ListMeta, ObjectRow, Store, StoreError, ViewKey};
 use crate::kube::request::{ApiRequest, Verb};
 use crate::kube::{self, Encoding};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The cache view a GET or LIST belongs to; `None` for what is never
 /// cached (writes, watches, non-resource paths, transformed answers).
@@ -157,11 +157,14 @@ pub fn record(
 }
 
 /// The cached answer for `key` in `encoding`, framed as the apiserver
-/// frames it; `None` if nothing is cached for it.
+/// frames it; `None` if nothing is cached for it. EndpointSlices and
+/// Endpoints leave out the endpoints on the nodes in `dead` (node
+/// awareness, [`super::aware`]).
 pub fn answer(
     store: &mut Store,
     key: &ViewKey,
     encoding: Encoding,
+    dead: &BTreeSet<String>,
 ) -> Result<Option<kube::Encoded>, StoreError> {
     /// What a cached view turns into.
     enum Building {
@@ -195,6 +198,7 @@ pub fn answer(
             )))
         },
         |building, body| {
+            let body = &*super::aware::served(encoding, &key.resource, body, dead);
             match building {
                 // The store hands objects in (namespace, name) order, the
                 // order the apiserver's own lists have.
@@ -271,7 +275,7 @@ mod tests {
             let key = view_key(&req).expect("cacheable");
             let body = fixture(list);
             record(&mut store, &key, enc, &body).expect("record list");
-            let back = answer(&mut store, &key, enc)
+            let back = answer(&mut store, &key, enc, &BTreeSet::new())
                 .expect("answer")
                 .expect("cached")
                 .into_vec();
@@ -321,7 +325,7 @@ mod tests {
             let key = view_key(&req).expect("cacheable");
             let body = fixture(object);
             record(&mut store, &key, enc, &body).expect("record object");
-            let back = answer(&mut store, &key, enc).expect("answer");
+            let back = answer(&mut store, &key, enc, &BTreeSet::new()).expect("answer");
             assert_eq!(back.map(kube::Encoded::into_vec), Some(body));
         }
         // Another client sees nothing of kubelet's views.
@@ -334,7 +338,7 @@ mod tests {
         .expect("classify");
         let key = view_key(&req).expect("cacheable");
         assert_eq!(
-            answer(&mut store, &key, Encoding::Json)
+            answer(&mut store, &key, Encoding::Json, &BTreeSet::new())
                 .expect("answer")
                 .map(kube::Encoded::into_vec),
             None
@@ -355,7 +359,7 @@ mod tests {
         let key = view_key(&r).expect("cacheable");
         assert!(record(&mut store, &key, Encoding::Json, b"{not json").is_err());
         assert_eq!(
-            answer(&mut store, &key, Encoding::Json)
+            answer(&mut store, &key, Encoding::Json, &BTreeSet::new())
                 .expect("answer")
                 .map(kube::Encoded::into_vec),
             None

@@ -304,7 +304,7 @@ mod tests {
             let r = feed(&mut store, &key, enc, &body, 4096);
             assert!(matches!(r.state, State::Stream(_)));
             assert!(r.finish(&mut store).expect("recorded"));
-            let back = offline::answer(&mut store, &key, enc)
+            let back = offline::answer(&mut store, &key, enc, &Default::default())
                 .expect("read")
                 .expect("cached")
                 .into_vec();
@@ -323,7 +323,7 @@ mod tests {
             let before = store.stats().expect("stats");
             let r = feed(&mut store, &key, enc, &body[..body.len() / 2], 4096);
             assert!(r.finish(&mut store).is_err());
-            assert!(offline::answer(&mut store, &key, enc)
+            assert!(offline::answer(&mut store, &key, enc, &Default::default())
                 .expect("read")
                 .is_none());
             let r = feed(&mut store, &key, enc, &body[..body.len() / 2], 4096);

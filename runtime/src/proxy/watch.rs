@@ -23,8 +23,10 @@ use crate::http::{self, BodyDecoder, ChunkedEncoder, RequestHead};
 use crate::kube::request::ApiRequest;
 use crate::kube::{self, Encoding, EventType, WatchDecoder};
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::FutureExt;
 use log::{debug, info};
 use smol::net::TcpStream;
+use std::collections::BTreeSet;
 use std::io;
 use std::time::{Duration, Instant};
 
@@ -71,6 +73,9 @@ pub(super) async fn serve(
         .map_or(DEFAULT_TIMEOUT, Duration::from_secs);
     let deadline = Instant::now() + timeout;
     let query = &resource.query;
+    // Node awareness: a change of the nodes voted dead wakes the wait
+    // between attempts while offline.
+    let dead_changed = proxy.dead.subscribe();
     let mut state = Stream {
         encoding: api.encoding,
         resource_version: query.resource_version.clone(),
@@ -78,6 +83,7 @@ pub(super) async fn serve(
         bookmarks: query.allow_watch_bookmarks,
         started: false,
         key: offline::watch_view_key(api),
+        sent_dead: BTreeSet::new(),
         // Unset or "0", the apiserver starts a watch with the current state
         // as ADDED events; sendInitialEvents asks for that explicitly.
         initial: if query.send_initial_events {
@@ -119,9 +125,21 @@ pub(super) async fn serve(
                         return Ok(false);
                     }
                 }
+                if !send_dead_changes(proxy, &mut state, tcp, proxy.dead.get()).await {
+                    return Ok(false);
+                }
                 debug!("watch {}: upstream lost ({why}); resuming", head.target);
                 let wait = RETRY.min(deadline.saturating_duration_since(Instant::now()));
-                async_io::Timer::after(wait).await;
+                let timer = async {
+                    async_io::Timer::after(wait).await;
+                };
+                timer
+                    .or(async {
+                        if dead_changed.recv().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    })
+                    .await;
             }
         }
     }
@@ -156,6 +174,9 @@ struct Stream {
     started: bool,
     /// The client's cached view this watch keeps fresh.
     key: Option<crate::cache::ViewKey>,
+    /// The nodes voted dead whose endpoints the client's EndpointSlices or
+    /// Endpoints were last sent without (empty: as the apiserver has them).
+    sent_dead: BTreeSet<String>,
 }
 
 /// Sends the client the head of a watch stream the proxy frames itself.
@@ -223,6 +244,13 @@ async fn attempt(
     let Ok(kind) = resp.body_kind(&head.method) else {
         return Attempt::Lost("bad framing from the apiserver".into());
     };
+    if resp.status < 500 && state.started {
+        // The apiserver is back: the client gets back the endpoints it was
+        // sent without while offline, before anything newer.
+        if !send_dead_changes(proxy, state, tcp, BTreeSet::new()).await {
+            return Attempt::ClientGone;
+        }
+    }
     if resp.status != 200 {
         if resp.status >= 500 {
             return Attempt::Lost(format!("kube-apiserver answered {}", resp.status));
@@ -673,6 +701,9 @@ async fn initial_from_cache(proxy: &Proxy, state: &mut Stream, tcp: &mut TcpStre
     };
     let encoding = state.encoding;
     let mut frames = Vec::new();
+    // Offline: EndpointSlices and Endpoints without the endpoints on the
+    // nodes voted dead.
+    let dead = proxy.dead.get();
     let view = proxy.store.borrow().as_ref().and_then(|store| {
         store
             .scan_bodies(
@@ -680,8 +711,9 @@ async fn initial_from_cache(proxy: &Proxy, state: &mut Stream, tcp: &mut TcpStre
                 |view| Ok::<_, crate::cache::StoreError>(view.list.clone()),
                 |list, body| {
                     let kind = list.kind.strip_suffix("List").unwrap_or(&list.kind);
+                    let body = super::aware::served(encoding, &key.resource, body, &dead);
                     let object =
-                        kube::item_to_watch_object(encoding, &list.api_version, kind, body);
+                        kube::item_to_watch_object(encoding, &list.api_version, kind, &body);
                     frames.push(kube::encode_watch_event(
                         encoding,
                         EventType::Added,
@@ -718,8 +750,56 @@ async fn initial_from_cache(proxy: &Proxy, state: &mut Stream, tcp: &mut TcpStre
         list.resource_version
     );
     state.initial = Initial::None;
+    state.sent_dead = dead;
     state.resource_version = Some(list.resource_version);
     state.resuming = true;
+    for frame in &frames {
+        if !send_event(tcp, frame).await {
+            return false;
+        }
+    }
+    true
+}
+
+/// Node awareness: sends the client a MODIFIED event for each object of
+/// its view whose served form differs between the nodes it was last sent
+/// without (`state.sent_dead`) and `dead` (empty: back to the apiserver's
+/// own), and notes `dead` as sent. Nothing for watches of other resources,
+/// or before the client's stream started. False when the client is gone.
+async fn send_dead_changes(
+    proxy: &Proxy,
+    state: &mut Stream,
+    tcp: &mut TcpStream,
+    dead: BTreeSet<String>,
+) -> bool {
+    if state.sent_dead == dead || !state.started {
+        return true;
+    }
+    let Some(key) = state.key.clone() else {
+        return true;
+    };
+    let frames = match proxy.store.borrow().as_ref() {
+        Some(store) => super::aware::changes(store, &key, state.encoding, &state.sent_dead, &dead),
+        None => Ok(Vec::new()),
+    };
+    let frames = match frames {
+        Ok(f) => f,
+        Err(e) => {
+            // The view is unreadable: the client keeps what it has, and
+            // the next change tries again.
+            info!("node awareness: cannot read the view of a watch ({key}): {e}");
+            return true;
+        }
+    };
+    if !frames.is_empty() {
+        info!(
+            "watch {}: nodes voted dead now [{}]: sent the client {} changed objects",
+            key.resource,
+            dead.iter().cloned().collect::<Vec<_>>().join(", "),
+            frames.len()
+        );
+    }
+    state.sent_dead = dead;
     for frame in &frames {
         if !send_event(tcp, frame).await {
             return false;
