@@ -158,9 +158,22 @@ impl Unit {
     /// linked. `peer_addr(i)` is where the others send member `i`'s health
     /// datagrams (its own port unless a test puts something in between).
     pub fn start(opts: &Options, peer_addr: &dyn Fn(usize, SocketAddr) -> SocketAddr) -> Unit {
-        let pki = Pki::new();
+        Unit::start_with(opts, peer_addr, Pki::new(), "", &|_, _| String::new())
+    }
+
+    /// [`Unit::start`] in `pki` (a stand-in kube-apiserver may share its
+    /// CA), with `hub_extra` appended to the hub's config (an
+    /// `[upstream.kube-apiserver]`) and `member_extra(pki, i)` to member
+    /// `i`'s (its `[apiserver]` and `[proxy]`, after `[health]`).
+    pub fn start_with(
+        opts: &Options,
+        peer_addr: &dyn Fn(usize, SocketAddr) -> SocketAddr,
+        pki: Pki,
+        hub_extra: &str,
+        member_extra: &dyn Fn(&Pki, usize) -> String,
+    ) -> Unit {
         let names: Vec<&str> = opts.names.iter().map(String::as_str).collect();
-        let hub = start_hub(&pki, Transport::Plain, &names, "");
+        let hub = start_hub(&pki, Transport::Plain, &names, hub_extra);
         let (key_file, key) = write_key(&pki, "unit.key", 1);
         let (other_key, _) = write_key(&pki, "other.key", 2);
         let ports: Vec<SocketAddr> = names
@@ -185,7 +198,8 @@ impl Unit {
             } else {
                 &key_file
             };
-            let keys = health_keys(ports[i], key, &peers, &opts.interval, opts.dead_after);
+            let keys = health_keys(ports[i], key, &peers, &opts.interval, opts.dead_after)
+                + &member_extra(&pki, i);
             let config = edge_config(&pki, name, &opts.unit, link, status, &opts.log_level, &keys);
             members.push(Member {
                 name: name.to_string(),

@@ -208,7 +208,11 @@ impl Proxy {
         if self.dead.set(dead) {
             // A kept answer was filtered for the old set.
             self.answers.borrow_mut().clear();
-            info!("node awareness: nodes voted dead by the unit: [{shown}]; offline, their endpoints are left out");
+            if shown.is_empty() {
+                info!("node awareness: no node voted dead by the unit any more; offline answers carry every endpoint");
+            } else {
+                info!("node awareness: nodes voted dead by the unit: {shown}; offline, their endpoints are left out");
+            }
         }
     }
 
