@@ -7,6 +7,8 @@
 //! cache; when `edge-2` is killed the open watch gets a MODIFIED event for
 //! each slice without `edge-2`'s endpoints within three intervals, and
 //! when it is back, another with them, on the same stream (no re-list).
+//! When `edge-1`'s link comes back they are back too, whatever the vote:
+//! online nothing is filtered.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -297,6 +299,45 @@ fn offline_endpointslices_leave_out_the_nodes_the_unit_votes_dead() {
         .flat_map(|i| endpoint_nodes(i.bytes))
         .collect();
     assert!(nodes.contains("edge-2"), "{nodes:?}");
+
+    // edge-2 dies again, then edge-1's link comes back: online nothing is
+    // filtered, so the endpoints come back as the apiserver has them while
+    // edge-2 is still voted dead.
+    drop(unit.member("edge-2").proc.take());
+    let mut seen = BTreeMap::new();
+    let took = modified_until(&events, INTERVAL * 6, &mut seen, without);
+    assert!(
+        took.is_some(),
+        "edge-2's endpoints not gone again: {seen:?}\n{}",
+        unit.logs()
+    );
+    unit.member("edge-1")
+        .proxy
+        .as_ref()
+        .expect("proxied")
+        .pass();
+    let mut seen = BTreeMap::new();
+    let took = modified_until(&events, Duration::from_secs(30), &mut seen, with);
+    assert!(
+        took.is_some(),
+        "online, edge-2's endpoints did not come back: {seen:?}\n{}",
+        unit.logs()
+    );
+    let answer = call(proxy, KUBE_PROXY, "GET", SLICES, PROTOBUF, b"");
+    assert_eq!(answer.status, 200);
+    let online = kube::parse_list(Encoding::Protobuf, &answer.body).expect("a list");
+    assert!(online
+        .items
+        .iter()
+        .any(|i| endpoint_nodes(i.bytes).iter().any(|n| n == "edge-2")));
+    assert!(
+        unit.members[0]
+            .proc
+            .as_ref()
+            .is_some_and(|p| p.logs().contains("kube-apiserver reachable again")),
+        "edge-1 is online again"
+    );
+
     // The watch never ended: still the same stream.
     assert!(
         !matches!(events.try_recv(), Err(mpsc::TryRecvError::Disconnected)),

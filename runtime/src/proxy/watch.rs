@@ -792,10 +792,12 @@ async fn send_dead_changes(
         }
     };
     if !frames.is_empty() {
+        let names = |set: &BTreeSet<String>| set.iter().cloned().collect::<Vec<_>>().join(", ");
         info!(
-            "watch {}: nodes voted dead now [{}]: sent the client {} changed objects",
+            "watch {}: endpoints left out for [{}] (before: [{}]): sent the client {} changed objects",
             key.resource,
-            dead.iter().cloned().collect::<Vec<_>>().join(", "),
+            names(&dead),
+            names(&state.sent_dead),
             frames.len()
         );
     }
