@@ -253,4 +253,47 @@ mod tests {
         }
         let _ = std::fs::remove_dir_all(dir);
     }
+
+    #[test]
+    fn an_offline_get_of_one_slice_is_filtered_other_resources_never() {
+        let (mut store, dir) = temp_store("aware-get", 64 << 20);
+        let dead = set(&["edge-2"]);
+        for (target, body, filtered) in [
+            (
+                "/apis/discovery.k8s.io/v1/namespaces/edge-apps/endpointslices/web-nkgvt",
+                "get-endpointslice-web-json.response.body.json",
+                true,
+            ),
+            (
+                "/api/v1/namespaces/edge-apps/pods/x",
+                "get-pod-json.response.body.json",
+                false,
+            ),
+        ] {
+            let req = classify(
+                "GET",
+                target,
+                Some("kubectl/v1.24.0"),
+                Some("application/json"),
+            )
+            .expect("classify");
+            let key = offline::view_key(&req).expect("cacheable");
+            let body = fixture(body);
+            offline::record(&mut store, &key, Encoding::Json, &body).expect("record");
+            let served = offline::answer(&mut store, &key, Encoding::Json, &dead)
+                .expect("answer")
+                .expect("cached")
+                .into_vec();
+            assert_eq!(served != body, filtered, "{target}");
+            let text = String::from_utf8_lossy(&served).into_owned();
+            if filtered {
+                assert!(!text.contains("\"nodeName\":\"edge-2\""));
+            }
+            assert_eq!(
+                kube::parse_object(Encoding::Json, &served).expect("an object"),
+                kube::parse_object(Encoding::Json, &body).expect("an object")
+            );
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
