@@ -216,11 +216,6 @@ impl Proxy {
         }
     }
 
-    /// The nodes voted dead (see [`Proxy::set_dead_nodes`]).
-    pub fn dead_nodes(&self) -> &aware::DeadNodes {
-        &self.dead
-    }
-
     /// What the proxy did so far.
     pub fn counters(&self) -> Counters {
         *self.counters.borrow()
