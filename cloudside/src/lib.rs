@@ -15,6 +15,7 @@
 //! - [`autonomy`]: renewing the Leases of cut-off nodes their unit votes
 //!   alive, so Kubernetes keeps their pods (issue 6).
 //! - [`admin`]: `/healthz`, `/metrics`, `/nodes`.
+//! - [`pki`]: `tether-hub init`: the hub's CA and serving certificate on disk (issue 7).
 
 pub mod admin;
 pub mod auth;
@@ -25,6 +26,7 @@ pub mod egress;
 pub mod expose;
 pub mod health;
 pub mod links;
+pub mod pki;
 pub mod reach;
 pub mod registry;
 pub mod upstream;

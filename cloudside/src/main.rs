@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::rc::Rc;
 use tether_conf::cli;
-use tether_hub::{admin, auth, autonomy, broker, config, egress, expose, links};
+use tether_hub::{admin, auth, autonomy, broker, config, egress, expose, links, pki};
 
 const HELP: &str = "\
 tether-hub: the cloud end of Tether. Accepts one MQTT-framed TLS link per
@@ -14,6 +14,7 @@ USAGE:
     tether-hub [run] [--config FILE] [--log-level LEVEL]
     tether-hub check-config FILE
     tether-hub egress-config [--config FILE]
+    tether-hub init --san NAME [--san NAME ...] [--dir DIR] [--force]
     tether-hub --help | --version
 
 COMMANDS:
@@ -22,6 +23,18 @@ COMMANDS:
                     and key, exit 0 if valid, 1 if not.
     egress-config   Print the EgressSelectorConfiguration and the flags
                     kube-apiserver needs to use the hub's [egress].
+    init            Create the hub's CA (ECDSA P-256, 10 years) and its
+                    serving certificate signed by it (5 years) in DIR
+                    [default: /var/lib/tether-hub], made mode 0700: ca.pem,
+                    ca-key.pem, hub.pem, hub-key.pem (keys mode 0600).
+                    Prints the CA hash (sha256:..., what tether-edge join
+                    --ca-hash pins) and the [tls] lines for the config.
+        --san NAME  A DNS name or IP address edges reach the hub by
+                    (repeatable, at least one; localhost is not added
+                    unless given).
+        --dir DIR   The hub's state directory.
+        --force     Replace an existing CA: every edge trusting the old
+                    one will refuse the hub until it trusts the new one.
 
 EXIT STATUS:
     0 success, 1 failure, 2 bad command line, 78 run with a config file
@@ -145,7 +158,63 @@ fn main() -> ExitCode {
         default_config: "/etc/tether/hub.toml",
         reports: &["egress-config"],
     };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // A command of its own shape (its own flags, no config file), outside
+    // the shared command line.
+    if args.first().is_some_and(|a| a == "init") {
+        return init(args.get(1..).unwrap_or_default());
+    }
     cli::main(program, |path| config::load(path).map(|_| ()), run, report)
+}
+
+/// `init --san NAME... [--dir DIR] [--force]`: the hub's CA and serving
+/// certificate (see [`pki::init`]). Exit 2 for a bad command line, 1 when
+/// the files cannot be made (an existing CA without --force).
+fn init(args: &[String]) -> ExitCode {
+    fn fail(code: u8, e: &str) -> ExitCode {
+        eprintln!("tether-hub init: {e}");
+        if code == 2 {
+            eprintln!("Try 'tether-hub --help'.");
+        }
+        ExitCode::from(code)
+    }
+    let mut opts = pki::InitOptions {
+        dir: pki::DEFAULT_DIR.into(),
+        sans: Vec::new(),
+        force: false,
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--san" => match it.next() {
+                Some(v) => opts.sans.push(v.clone()),
+                None => return fail(2, "--san needs a DNS name or IP address"),
+            },
+            "--dir" => match it.next() {
+                Some(v) => opts.dir = v.into(),
+                None => return fail(2, "--dir needs a directory"),
+            },
+            "--force" => opts.force = true,
+            "-h" | "--help" => {
+                print!("{HELP}");
+                return ExitCode::SUCCESS;
+            }
+            other => return fail(2, &format!("unknown argument {other:?}")),
+        }
+    }
+    if opts.sans.is_empty() {
+        return fail(
+            2,
+            "at least one --san is needed: the names (DNS or IP) edges reach the hub by, e.g. --san hub.example.com --san 203.0.113.7",
+        );
+    }
+    match pki::init(&opts) {
+        Ok(w) => {
+            print!("{}", pki::summary(&w));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(1, &e),
+    }
 }
 
 /// `egress-config`: what kube-apiserver needs to use the hub's egress.
