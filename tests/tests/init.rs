@@ -170,6 +170,17 @@ fn bad_init_command_lines_fail_clearly() {
     let dir = scratch.dir.join("state");
     let dir_s = dir.to_string_lossy().into_owned();
 
+    let (code, help, _) = hub(&["init", "--help"]);
+    assert_eq!(code, 0);
+    for word in [
+        "tether-hub init --san NAME",
+        "--dir DIR",
+        "--force",
+        "ca-key.pem",
+    ] {
+        assert!(help.contains(word), "--help lacks {word}");
+    }
+
     let (code, _, err) = hub(&["init", "--dir", &dir_s]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("at least one --san"), "{err}");
