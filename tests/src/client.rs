@@ -171,6 +171,27 @@ pub struct Seen {
 ///
 /// If the proxy cannot be reached, or (in the thread) refuses the watch.
 pub fn watch(proxy: SocketAddr, agent: &str, target: &str) -> Receiver<Seen> {
+    watch_with(proxy, agent, target, |ev| Seen {
+        event: ev.event_type.as_str().to_string(),
+        name: ev.meta.name.clone(),
+        resource_version: ev.meta.resource_version.clone(),
+        labels: ev.meta.labels.clone(),
+        initial_events_end: ev.meta.initial_events_end,
+        frame_bytes: kube::encode_watch_event(Encoding::Protobuf, ev.event_type, ev.object).len(),
+    })
+}
+
+/// [`watch`], with each event turned into what the test looks at by `seen`.
+///
+/// # Panics
+///
+/// If the proxy cannot be reached, or (in the thread) refuses the watch.
+pub fn watch_with<T: Send + 'static>(
+    proxy: SocketAddr,
+    agent: &str,
+    target: &str,
+    seen: impl Fn(&kube::WatchEvent<'_>) -> T + Send + 'static,
+) -> Receiver<T> {
     let (tx, rx) = mpsc::channel();
     let mut tcp = TcpStream::connect(proxy).expect("connect to the proxy");
     let head = format!(
@@ -201,20 +222,7 @@ pub fn watch(proxy: SocketAddr, agent: &str, target: &str) -> Receiver<Seen> {
             raw.drain(..n);
             events.push(&data);
             while let Ok(Some(ev)) = events.next_event() {
-                let seen = Seen {
-                    event: ev.event_type.as_str().to_string(),
-                    name: ev.meta.name.clone(),
-                    resource_version: ev.meta.resource_version.clone(),
-                    labels: ev.meta.labels.clone(),
-                    initial_events_end: ev.meta.initial_events_end,
-                    frame_bytes: kube::encode_watch_event(
-                        Encoding::Protobuf,
-                        ev.event_type,
-                        ev.object,
-                    )
-                    .len(),
-                };
-                if tx.send(seen).is_err() {
+                if tx.send(seen(&ev)).is_err() {
                     return;
                 }
             }

@@ -11,14 +11,12 @@
 //! online nothing is filtered.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
-use tether_edge::http::{self, BodyDecoder, Limits};
 use tether_edge::kube::{self, pb, Encoding};
 use tether_tests::apiserver::StandIn;
-use tether_tests::client::{call, KUBE_PROXY, PROTOBUF};
+use tether_tests::client::{call, watch_with, KUBE_PROXY, PROTOBUF};
 use tether_tests::healthunit::{start_edge, voted, wait_until, Options, Unit};
 use tether_tests::pki::Pki;
 use tether_tests::procs::free_port;
@@ -65,62 +63,17 @@ fn endpoint_nodes(slice: &[u8]) -> Vec<String> {
     nodes
 }
 
-/// Opens a protobuf watch through the proxy as kube-proxy and reads it in
-/// a thread; the receiver is disconnected when the stream ends.
+/// Opens a protobuf watch through the proxy as kube-proxy and reads it
+/// in a thread; the receiver is disconnected when the stream ends.
 fn watch(proxy: SocketAddr, target: &str) -> Receiver<Event> {
-    let (tx, rx) = mpsc::channel();
-    let mut tcp = TcpStream::connect(proxy).expect("connect to the proxy");
-    let head = format!(
-        "GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: {KUBE_PROXY}\r\nAccept: {PROTOBUF}\r\n\r\n"
-    );
-    tcp.write_all(head.as_bytes()).expect("write");
-    std::thread::spawn(move || {
-        let mut raw = Vec::new();
-        let mut chunk = [0u8; 16384];
-        let (resp, used) = loop {
-            if let Ok(Some(h)) = http::parse_response_head(&raw, &Limits::default()) {
-                break h;
-            }
-            match tcp.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => raw.extend_from_slice(&chunk[..n]),
-            }
-        };
-        assert_eq!(resp.status, 200, "the watch was refused");
-        raw.drain(..used);
-        let mut body = BodyDecoder::new(resp.body_kind("GET").expect("framing"));
-        let mut events = kube::WatchDecoder::new(Encoding::Protobuf, 1 << 24);
-        loop {
-            let mut data = Vec::new();
-            let Ok((n, done)) = body.decode(&raw, &mut data) else {
-                return;
-            };
-            raw.drain(..n);
-            events.push(&data);
-            while let Ok(Some(ev)) = events.next_event() {
-                let nodes = pb::parse_envelope(ev.object)
-                    .map(|e| endpoint_nodes(e.raw))
-                    .unwrap_or_default();
-                let seen = Event {
-                    event: ev.event_type.as_str().to_string(),
-                    name: ev.meta.name.clone(),
-                    resource_version: ev.meta.resource_version.clone(),
-                    nodes,
-                };
-                if tx.send(seen).is_err() {
-                    return;
-                }
-            }
-            if done {
-                return;
-            }
-            match tcp.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => raw.extend_from_slice(&chunk[..n]),
-            }
-        }
-    });
-    rx
+    watch_with(proxy, KUBE_PROXY, target, |ev| Event {
+        event: ev.event_type.as_str().to_string(),
+        name: ev.meta.name.clone(),
+        resource_version: ev.meta.resource_version.clone(),
+        nodes: pb::parse_envelope(ev.object)
+            .map(|e| endpoint_nodes(e.raw))
+            .unwrap_or_default(),
+    })
 }
 
 /// MODIFIED events until `done` holds for what they showed (by slice name,
