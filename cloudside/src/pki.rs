@@ -194,56 +194,10 @@ pub fn ca_hash(spki_der: &[u8]) -> String {
 }
 
 /// The SubjectPublicKeyInfo DER inside an X.509 certificate's DER, or `None`
-/// if it is not shaped like one. Walks only the fields before it: the pin
-/// needs nothing else, and nothing here is trusted beyond its length fields.
+/// if it is not shaped like one (the link's certificate walk, which also
+/// reads node names).
 pub fn spki_of_certificate(cert_der: &[u8]) -> Option<&[u8]> {
-    let (cert, _) = der_element(cert_der, 0x30)?;
-    let (tbs, _) = der_element(content(cert)?, 0x30)?;
-    let mut rest = content(tbs)?;
-    // [0] EXPLICIT version is optional (absent means v1).
-    if rest.first() == Some(&0xa0) {
-        rest = der_element(rest, 0xa0)?.1;
-    }
-    for tag in [0x02, 0x30, 0x30, 0x30, 0x30] {
-        // serial, signature algorithm, issuer, validity, subject
-        rest = der_element(rest, tag)?.1;
-    }
-    der_element(rest, 0x30).map(|(spki, _)| spki)
-}
-
-/// Splits the DER element with `tag` at the start of `data` (whole element,
-/// rest). Definite lengths only, as DER demands.
-fn der_element(data: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-    if *data.first()? != tag {
-        return None;
-    }
-    let first = *data.get(1)?;
-    let (len, header) = if first < 0x80 {
-        (usize::from(first), 2)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let mut len = 0usize;
-        for b in data.get(2..2 + n)? {
-            len = (len << 8) | usize::from(*b);
-        }
-        (len, 2 + n)
-    };
-    let end = header.checked_add(len)?;
-    (end <= data.len()).then(|| data.split_at(end))
-}
-
-/// The content of one whole DER element (its header skipped).
-fn content(element: &[u8]) -> Option<&[u8]> {
-    let first = *element.get(1)?;
-    let header = if first < 0x80 {
-        2
-    } else {
-        2 + usize::from(first & 0x7f)
-    };
-    element.get(header..)
+    tether_link::tls::subject_public_key_info(cert_der)
 }
 
 /// A `--san` value as rcgen's SAN and as shown (`DNS:x`, `IP:x`).

@@ -157,18 +157,7 @@ pub fn node_of_certificate(der: &[u8]) -> Option<String> {
 /// was verified by webpki already; this only walks its structure, refusing
 /// anything that does not parse rather than guessing.
 pub fn subject_common_name(der: &[u8]) -> Option<String> {
-    let (cert, _) = der_read(der, 0x30)?;
-    let (tbs, _) = der_read(cert, 0x30)?;
-    let mut rest = tbs;
-    // Optional [0] version.
-    if rest.first() == Some(&0xa0) {
-        rest = der_read(rest, 0xa0)?.1;
-    }
-    rest = der_read(rest, 0x02)?.1; // serial
-    rest = der_read(rest, 0x30)?.1; // signature algorithm
-    rest = der_read(rest, 0x30)?.1; // issuer
-    rest = der_read(rest, 0x30)?.1; // validity
-    let (mut subject, _) = der_read(rest, 0x30)?;
+    let (mut subject, _) = der_read(from_subject(der)?, 0x30)?;
     let mut found = None;
     while !subject.is_empty() {
         let (set, next) = der_read(subject, 0x31)?;
@@ -186,6 +175,31 @@ pub fn subject_common_name(der: &[u8]) -> Option<String> {
         }
     }
     found
+}
+
+/// The SubjectPublicKeyInfo of a DER certificate, whole (tag and length
+/// included): what a CA pin (`sha256:<hex>`, as kubeadm's discovery hash)
+/// is computed over. Walks only the fields before it, trusting nothing but
+/// their lengths; `None` for anything not shaped like a certificate.
+pub fn subject_public_key_info(der: &[u8]) -> Option<&[u8]> {
+    let rest = der_read(from_subject(der)?, 0x30)?.1; // subject
+    let (_, after) = der_read(rest, 0x30)?;
+    Some(&rest[..rest.len() - after.len()])
+}
+
+/// The fields of a DER certificate's TBSCertificate from its subject on.
+fn from_subject(der: &[u8]) -> Option<&[u8]> {
+    let (cert, _) = der_read(der, 0x30)?;
+    let (mut rest, _) = der_read(cert, 0x30)?;
+    // Optional [0] version.
+    if rest.first() == Some(&0xa0) {
+        rest = der_read(rest, 0xa0)?.1;
+    }
+    rest = der_read(rest, 0x02)?.1; // serial
+    rest = der_read(rest, 0x30)?.1; // signature algorithm
+    rest = der_read(rest, 0x30)?.1; // issuer
+    rest = der_read(rest, 0x30)?.1; // validity
+    Some(rest)
 }
 
 /// Reads one DER element with tag `tag`: (contents, rest).
