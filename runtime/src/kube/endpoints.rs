@@ -307,17 +307,6 @@ mod tests {
     use super::*;
     use crate::kube::{item_to_watch_object, parse_list, parse_object};
 
-    macro_rules! fixture {
-        ($name:literal) => {
-            include_bytes!(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../tests/fixtures/kube-apiserver-1.24/",
-                $name
-            ))
-            .as_slice()
-        };
-    }
-
     const SLICES_PB: &[u8] = fixture!("list-endpointslices-kubeproxy-pb.response.body.bin");
     const SLICES_JSON: &[u8] = fixture!("list-endpointslices-kubeproxy-json.response.body.json");
     const SLICE_JSON: &[u8] = fixture!("get-endpointslice-web-json.response.body.json");

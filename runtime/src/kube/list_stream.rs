@@ -686,17 +686,6 @@ mod tests {
     use super::*;
     use crate::kube::{encode_list, parse_list, List};
 
-    macro_rules! fixture {
-        ($name:literal) => {
-            include_bytes!(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../tests/fixtures/kube-apiserver-1.24/",
-                $name
-            ))
-            .as_slice()
-        };
-    }
-
     const FIXTURES: &[(Encoding, &[u8])] = &[
         (
             Encoding::Json,

@@ -8,6 +8,20 @@
 
 use std::fmt;
 
+/// A recorded kube-apiserver 1.24 answer (tests/fixtures), for the tests of
+/// every kube module; defined before them so all of them see it.
+#[cfg(test)]
+macro_rules! fixture {
+    ($name:literal) => {
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/kube-apiserver-1.24/",
+            $name
+        ))
+        .as_slice()
+    };
+}
+
 pub mod endpoints;
 pub mod json;
 pub mod list_stream;

@@ -2,17 +2,6 @@
 
 use super::*;
 
-macro_rules! fixture {
-    ($name:literal) => {
-        include_bytes!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../tests/fixtures/kube-apiserver-1.24/",
-            $name
-        ))
-        .as_slice()
-    };
-}
-
 const GET_POD_PB: &[u8] = fixture!("get-pod-pb.response.body.bin");
 const GET_POD_JSON: &[u8] = fixture!("get-pod-json.response.body.json");
 const PODS_PB: &[u8] = fixture!("list-pods-node-edge-1-rv0-pb.response.body.bin");
