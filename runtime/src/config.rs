@@ -1049,6 +1049,25 @@ mod tests {
         "node = \"edge-1\"\n[hub]\naddress = \"127.0.0.1:7443\"\nplaintext = true\n";
 
     #[test]
+    fn queue_delay_is_read_and_checked() {
+        let c = parse(
+            &format!("{MINIMAL}[link]\nqueue_delay = \"0s\"\n"),
+            Path::new("/"),
+        )
+        .expect("valid");
+        assert_eq!(c.link.session.queue_delay, Duration::ZERO);
+        let c = parse(MINIMAL, Path::new("/")).expect("valid");
+        assert_eq!(c.link.session.queue_delay, Duration::from_millis(10));
+        let e = errors(&format!("{MINIMAL}[link]\nqueue_delay = \"11s\"\n"));
+        assert!(
+            e.contains("line 6: link.queue_delay: must be at most 10s"),
+            "{e}"
+        );
+        let e = errors(&format!("{MINIMAL}[link]\nqueue_delay = \"soon\"\n"));
+        assert!(e.contains("line 6: link.queue_delay:"), "{e}");
+    }
+
+    #[test]
     fn board_unit_and_labels() {
         let c = parse(
             &format!(
