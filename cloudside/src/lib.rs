@@ -15,6 +15,7 @@
 //! - [`autonomy`]: renewing the Leases of cut-off nodes their unit votes
 //!   alive, so Kubernetes keeps their pods (issue 6).
 //! - [`admin`]: `/healthz`, `/metrics`, `/nodes`.
+//! - [`join`]: bootstrap tokens, node certificates and revocation (issue 7).
 //! - [`pki`]: `tether-hub init`: the hub's CA and serving certificate on disk (issue 7).
 
 pub mod admin;
@@ -25,6 +26,7 @@ pub mod config;
 pub mod egress;
 pub mod expose;
 pub mod health;
+pub mod join;
 pub mod links;
 pub mod pki;
 pub mod reach;
