@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 use std::rc::Rc;
 use tether_conf::cli;
+use tether_hub::join::{self, nodes, tokens};
 use tether_hub::{admin, auth, autonomy, broker, config, egress, expose, links, pki};
 
 const HELP: &str = "\
@@ -15,6 +16,13 @@ USAGE:
     tether-hub check-config FILE
     tether-hub egress-config [--config FILE]
     tether-hub init --san NAME [--san NAME ...] [--dir DIR] [--force]
+    tether-hub token create [--ttl D] [--node NAME] [--usages join[,rejoin]]
+                     [--single-use] [--description TEXT]
+                     [--print-join-command [--hub HOST:PORT]] [--dir DIR]
+    tether-hub token list [--dir DIR]
+    tether-hub token delete ID [--dir DIR]
+    tether-hub node list [--dir DIR]
+    tether-hub node revoke NAME [--dir DIR]
     tether-hub --help | --version
 
 COMMANDS:
@@ -35,6 +43,34 @@ COMMANDS:
         --dir DIR   The hub's state directory.
         --force     Replace an existing CA: every edge trusting the old
                     one will refuse the hub until it trusts the new one.
+    token create    Create a bootstrap token ID.SECRET for tether-edge join
+                    (kept in DIR/tokens, mode 0600, the secret as SHA-256
+                    only) and print it, once.
+        --ttl D     Time to live [default: 24h; at most 365d]: 30m, 90d...
+        --node NAME Only node NAME may join with it.
+        --usages U  join: a certificate for a node name with no live
+                    certificate [default]; join,rejoin: also replace a
+                    node's live certificate (a new board for a name).
+        --single-use
+                    Good for one certificate; a second use is refused.
+        --description TEXT
+                    A note shown by token list.
+        --print-join-command
+                    Print the whole command for the board instead:
+                    tether-edge join HOST:PORT --token ID.SECRET
+                    --ca-hash sha256:HEX [--node-name NAME], with the
+                    hash of DIR/ca.pem (run init first).
+        --hub HOST:PORT
+                    Where edges reach the hub [default: the first name
+                    of DIR/hub.pem, port 7443].
+    token list      The tokens: id, expiry, node, usages, single-use, use
+                    (never a secret).
+    token delete    Delete token ID: it can no longer join anything.
+    node list       The nodes the hub issued certificates to: serial,
+                    expiry, when and how issued, revocation.
+    node revoke     Revoke node NAME: its certificates are refused and a
+                    running hub drops its link within a second; only a
+                    join with a new token brings it back.
 
 EXIT STATUS:
     0 success, 1 failure, 2 bad command line, 78 run with a config file
@@ -161,8 +197,11 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // A command of its own shape (its own flags, no config file), outside
     // the shared command line.
-    if args.first().is_some_and(|a| a == "init") {
-        return init(args.get(1..).unwrap_or_default());
+    match args.first().map(String::as_str) {
+        Some("init") => return init(args.get(1..).unwrap_or_default()),
+        Some("token") => return token(args.get(1..).unwrap_or_default()),
+        Some("node") => return node(args.get(1..).unwrap_or_default()),
+        _ => {}
     }
     cli::main(program, |path| config::load(path).map(|_| ()), run, report)
 }
@@ -215,6 +254,410 @@ fn init(args: &[String]) -> ExitCode {
         }
         Err(e) => fail(1, &e),
     }
+}
+
+/// The link port in the join command when `--hub` is not given: the one
+/// every example config and board config uses for `listen.link`.
+const DEFAULT_LINK_PORT: u16 = 7443;
+
+/// A failed `tether-hub <cmd>`: exit 2 for a bad command line, 1 otherwise.
+fn fail(cmd: &str, code: u8, e: &str) -> ExitCode {
+    eprintln!("tether-hub {cmd}: {e}");
+    if code == 2 {
+        eprintln!("Try 'tether-hub --help'.");
+    }
+    ExitCode::from(code)
+}
+
+/// The value after flag `flag`, or a command-line error naming what it needs.
+fn value<'a>(
+    it: &mut impl Iterator<Item = &'a String>,
+    flag: &str,
+    what: &str,
+) -> Result<&'a str, String> {
+    it.next()
+        .map(String::as_str)
+        .ok_or_else(|| format!("{flag} needs {what}"))
+}
+
+/// `token create|list|delete`: the hub's bootstrap tokens (see
+/// [`tokens::TokenStore`]).
+fn token(args: &[String]) -> ExitCode {
+    let cmd = match args.first().map(String::as_str) {
+        Some(c @ ("create" | "list" | "delete")) => c,
+        Some("-h" | "--help") => {
+            print!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => {
+            return fail(
+                "token",
+                2,
+                &format!("unknown command {other:?}: use create, list or delete"),
+            )
+        }
+        None => return fail("token", 2, "a command is needed: create, list or delete"),
+    };
+    let name = format!("token {cmd}");
+    let mut dir = std::path::PathBuf::from(pki::DEFAULT_DIR);
+    let mut opts = tokens::TokenOptions::default();
+    let mut print_join = false;
+    let mut hub = None;
+    let mut id = None;
+    let mut it = args.iter().skip(1);
+    while let Some(arg) = it.next() {
+        let parsed: Result<(), String> = match (cmd, arg.as_str()) {
+            (_, "--dir") => value(&mut it, "--dir", "a directory").map(|v| dir = v.into()),
+            (_, "-h" | "--help") => {
+                print!("{HELP}");
+                return ExitCode::SUCCESS;
+            }
+            ("create", "--ttl") => value(&mut it, "--ttl", "a duration such as 24h or 90d")
+                .and_then(|v| {
+                    match tether_conf::parse_duration(v) {
+                        Ok(d) if !d.is_zero() && d <= tokens::MAX_TTL => Ok(d),
+                        Ok(_) => Err(format!("--ttl {v}: a token must expire, within 365d at most (e.g. --ttl 24h, --ttl 90d)")),
+                        Err(e) => Err(format!("--ttl: {}", e.message)),
+                    }
+                })
+                .map(|d| opts.ttl = d),
+            ("create", "--node") => value(&mut it, "--node", "a node name")
+                .and_then(|v| {
+                    tether_link::topic::NodeName::new(v).map_err(|e| format!("--node: {e}"))
+                })
+                .map(|n| opts.node = Some(n)),
+            ("create", "--usages") => value(&mut it, "--usages", "join or join,rejoin")
+                .and_then(|v| v.parse().map_err(|e| format!("--usages: {e}")))
+                .map(|u| opts.usage = u),
+            ("create", "--single-use") => {
+                opts.single_use = true;
+                Ok(())
+            }
+            ("create", "--description") => value(&mut it, "--description", "a text")
+                .map(|v| opts.description = Some(v.to_string())),
+            ("create", "--print-join-command") => {
+                print_join = true;
+                Ok(())
+            }
+            ("create", "--hub") => value(&mut it, "--hub", "HOST:PORT")
+                .and_then(host_port)
+                .map(|v| hub = Some(v)),
+            ("delete", v) if id.is_none() && !v.starts_with('-') => {
+                id = Some(v.to_string());
+                Ok(())
+            }
+            (_, other) => Err(format!("unknown argument {other:?}")),
+        };
+        if let Err(e) = parsed {
+            return fail(&name, 2, &e);
+        }
+    }
+    if let Err(e) = state_dir(&dir, cmd == "create") {
+        return fail(&name, 1, &e);
+    }
+    let store = tokens::TokenStore::open(&dir);
+    match cmd {
+        "create" => {
+            if hub.is_some() && !print_join {
+                return fail(&name, 2, "--hub goes with --print-join-command");
+            }
+            // Everything the join command needs is found before a token
+            // exists, so a failure leaves no orphan token behind.
+            let target = if print_join {
+                match join_target(&dir, hub) {
+                    Ok(t) => Some(t),
+                    Err(e) => return fail(&name, 1, &e),
+                }
+            } else {
+                None
+            };
+            let t = match store.create(&opts, std::time::SystemTime::now()) {
+                Ok(t) => t,
+                Err(e) => return fail(&name, 1, &e.to_string()),
+            };
+            match target {
+                Some((hub, ca_hash)) => {
+                    let node = t
+                        .info
+                        .node
+                        .as_ref()
+                        .map_or(String::new(), |n| format!(" --node-name {n}"));
+                    println!("tether-edge join {hub} --token {t} --ca-hash {ca_hash}{node}");
+                }
+                None => println!("{t}"),
+            }
+            eprintln!(
+                "token {}: {}, expires {}{}{} (stored in {})",
+                t.id,
+                t.info.usage,
+                join::store::rfc3339(t.expires),
+                t.info
+                    .node
+                    .as_ref()
+                    .map_or(String::new(), |n| format!(", only for node {n}")),
+                if t.info.single_use {
+                    ", single-use"
+                } else {
+                    ""
+                },
+                store.path().display()
+            );
+            ExitCode::SUCCESS
+        }
+        "list" => match store.list() {
+            Ok(list) if list.is_empty() => {
+                println!("no tokens (in {})", store.path().display());
+                ExitCode::SUCCESS
+            }
+            Ok(list) => {
+                let now = std::time::SystemTime::now();
+                let mut rows = vec![[
+                    "ID",
+                    "EXPIRES",
+                    "NODE",
+                    "USAGES",
+                    "SINGLE-USE",
+                    "USED",
+                    "DESCRIPTION",
+                ]
+                .map(String::from)];
+                for t in list {
+                    rows.push([
+                        t.id,
+                        format!(
+                            "{}{}",
+                            join::store::rfc3339(t.expires),
+                            if t.expires <= now { " (expired)" } else { "" }
+                        ),
+                        t.node.map_or("(any)".into(), |n| n.to_string()),
+                        t.usage.to_string(),
+                        if t.single_use { "yes" } else { "no" }.into(),
+                        t.used.map_or("-".into(), |(at, by)| {
+                            format!("{} by {by}", join::store::rfc3339(at))
+                        }),
+                        t.description.unwrap_or_default(),
+                    ]);
+                }
+                print!("{}", table(&rows));
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&name, 1, &e.to_string()),
+        },
+        _ => {
+            let Some(id) = id else {
+                return fail(
+                    &name,
+                    2,
+                    "which token? give its ID (see `tether-hub token list`)",
+                );
+            };
+            match store.delete(&id) {
+                Ok(()) => {
+                    println!("deleted token {id}: it can no longer join a node");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&name, 1, &e.to_string()),
+            }
+        }
+    }
+}
+
+/// Checks that `dir` is a hub's state directory (with its CA when `need_ca`:
+/// a token is of no use without it), so a mistyped --dir says so instead of
+/// listing nothing or storing tokens where no hub looks.
+fn state_dir(dir: &std::path::Path, need_ca: bool) -> Result<(), String> {
+    let ca = dir.join(pki::CA_CERT);
+    if !dir.is_dir() || (need_ca && !ca.exists()) {
+        return Err(format!(
+            "{} not found: no hub state there; give the hub's --dir, or run `tether-hub init --san NAME --dir {}` first",
+            if dir.is_dir() { ca.display() } else { dir.display() },
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Where the join command points and the CA pin it carries: `hub` or the
+/// first name of `<dir>/hub.pem` with the default link port, and the hash
+/// of `<dir>/ca.pem`.
+fn join_target(dir: &std::path::Path, hub: Option<String>) -> Result<(String, String), String> {
+    let ca = dir.join(pki::CA_CERT);
+    let cert = |path: &std::path::Path| {
+        tether_link::tls::load_certs(path)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("{}: no certificate in it", path.display()))
+    };
+    let ca_der = cert(&ca)?;
+    let spki = pki::spki_of_certificate(&ca_der)
+        .ok_or_else(|| format!("{}: not an X.509 certificate", ca.display()))?;
+    let hash = pki::ca_hash(spki);
+    let hub = match hub {
+        Some(h) => h,
+        None => {
+            let path = dir.join(pki::HUB_CERT);
+            let name = cert(&path)
+                .ok()
+                .and_then(|der| pki::first_san(&der))
+                .ok_or_else(|| {
+                    format!(
+                        "cannot tell from {} where edges reach the hub; give --hub HOST:PORT",
+                        path.display()
+                    )
+                })?;
+            if name.contains(':') {
+                format!("[{name}]:{DEFAULT_LINK_PORT}")
+            } else {
+                format!("{name}:{DEFAULT_LINK_PORT}")
+            }
+        }
+    };
+    Ok((hub, hash))
+}
+
+/// Checks a `--hub` value: `HOST:PORT` (`[v6]:PORT` for an IPv6 address).
+fn host_port(v: &str) -> Result<String, String> {
+    let bad = || {
+        format!("--hub {v:?}: expected HOST:PORT, e.g. hub.example.com:7443 or [2001:db8::1]:7443")
+    };
+    let (host, port) = v.rsplit_once(':').ok_or_else(bad)?;
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    let ok_host = match bare {
+        Some(h) => h.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => !host.is_empty() && !host.contains([':', ' ', '/']),
+    };
+    if !ok_host || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(bad());
+    }
+    Ok(v.to_string())
+}
+
+/// `node list|revoke NAME`: the nodes the hub issued certificates to (see
+/// [`nodes::NodeStore`]).
+fn node(args: &[String]) -> ExitCode {
+    let cmd = match args.first().map(String::as_str) {
+        Some(c @ ("list" | "revoke")) => c,
+        Some("-h" | "--help") => {
+            print!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => {
+            return fail(
+                "node",
+                2,
+                &format!("unknown command {other:?}: use list or revoke"),
+            )
+        }
+        None => return fail("node", 2, "a command is needed: list or revoke"),
+    };
+    let name = format!("node {cmd}");
+    let mut dir = std::path::PathBuf::from(pki::DEFAULT_DIR);
+    let mut target = None;
+    let mut it = args.iter().skip(1);
+    while let Some(arg) = it.next() {
+        let parsed = match (cmd, arg.as_str()) {
+            (_, "--dir") => value(&mut it, "--dir", "a directory").map(|v| dir = v.into()),
+            (_, "-h" | "--help") => {
+                print!("{HELP}");
+                return ExitCode::SUCCESS;
+            }
+            ("revoke", v) if target.is_none() && !v.starts_with('-') => {
+                tether_link::topic::NodeName::new(v)
+                    .map(|n| target = Some(n))
+                    .map_err(|e| e.to_string())
+            }
+            (_, other) => Err(format!("unknown argument {other:?}")),
+        };
+        if let Err(e) = parsed {
+            return fail(&name, 2, &e);
+        }
+    }
+    if let Err(e) = state_dir(&dir, false) {
+        return fail(&name, 1, &e);
+    }
+    let store = nodes::NodeStore::open(&dir);
+    if cmd == "list" {
+        return match store.list() {
+            Ok(list) if list.is_empty() => {
+                println!(
+                    "no nodes have joined this hub (records in {})",
+                    store.path().display()
+                );
+                ExitCode::SUCCESS
+            }
+            Ok(list) => {
+                let mut rows =
+                    vec![["NAME", "SERIAL", "NOT-AFTER", "ISSUED", "HOW", "REVOKED"]
+                        .map(String::from)];
+                for r in list {
+                    rows.push([
+                        r.node.to_string(),
+                        nodes::short_serial(&r.current.serial),
+                        nodes::show_time(r.current.not_after),
+                        nodes::show_time(r.issued_at),
+                        r.how.to_string(),
+                        r.revoked_at.map_or("-".into(), nodes::show_time),
+                    ]);
+                }
+                print!("{}", table(&rows));
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&name, 1, &e.to_string()),
+        };
+    }
+    let Some(target) = target else {
+        return fail(
+            &name,
+            2,
+            "which node? give its NAME (see `tether-hub node list`)",
+        );
+    };
+    match store.revoke(&target, std::time::SystemTime::now()) {
+        Ok(r) if r.already => {
+            println!(
+                "node {} was already revoked at {}; nothing changed",
+                r.node,
+                nodes::show_time(r.at)
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            println!(
+                "revoked node {} at {} (certificate serial {}): its certificates are refused, and a running hub drops its link within a second. Only a join with a new token brings it back (`tether-hub token create --node {}`).",
+                r.node,
+                nodes::show_time(r.at),
+                nodes::short_serial(&r.serial),
+                r.node
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&name, 1, &e.to_string()),
+    }
+}
+
+/// Rows as columns padded to their widest cell, two spaces apart.
+fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 < N {
+                line.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            } else {
+                line.push_str(cell);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// `egress-config`: what kube-apiserver needs to use the hub's egress.

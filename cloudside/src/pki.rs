@@ -200,6 +200,76 @@ pub fn spki_of_certificate(cert_der: &[u8]) -> Option<&[u8]> {
     tether_link::tls::subject_public_key_info(cert_der)
 }
 
+/// The first subjectAltName of an X.509 certificate's DER (a DNS name, or
+/// an IP address as text), or `None` if it has none or is not shaped like
+/// a certificate: the name `tether-hub token create --print-join-command`
+/// puts into the join command when no `--hub` is given.
+pub fn first_san(cert_der: &[u8]) -> Option<String> {
+    let (tag, cert, _) = der_any(cert_der)?;
+    let (tbs_tag, mut rest, _) = der_any(cert)?;
+    if tag != 0x30 || tbs_tag != 0x30 {
+        return None;
+    }
+    // Walk the TBSCertificate's fields up to the [3] extensions.
+    let extensions = loop {
+        let (tag, content, next) = der_any(rest)?;
+        if tag == 0xa3 {
+            break content;
+        }
+        rest = next;
+    };
+    let (tag, mut list, _) = der_any(extensions)?;
+    if tag != 0x30 {
+        return None;
+    }
+    while !list.is_empty() {
+        let (_, ext, next) = der_any(list)?;
+        list = next;
+        let (tag, oid, mut fields) = der_any(ext)?;
+        // id-ce-subjectAltName, 2.5.29.17.
+        if tag != 0x06 || oid != [0x55, 0x1d, 0x11] {
+            continue;
+        }
+        let value = loop {
+            let (tag, content, next) = der_any(fields)?;
+            if tag == 0x04 {
+                break content;
+            }
+            fields = next; // the optional `critical` BOOLEAN
+        };
+        let (_, names, _) = der_any(value)?;
+        let (tag, name, _) = der_any(names)?;
+        return match (tag, name.len()) {
+            (0x82, _) => std::str::from_utf8(name).ok().map(str::to_owned),
+            (0x87, 4) => Some(IpAddr::from(<[u8; 4]>::try_from(name).ok()?).to_string()),
+            (0x87, 16) => Some(IpAddr::from(<[u8; 16]>::try_from(name).ok()?).to_string()),
+            _ => None,
+        };
+    }
+    None
+}
+
+/// Reads one DER element of any tag: (tag, contents, rest).
+fn der_any(buf: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let tag = *buf.first()?;
+    let first = *buf.get(1)?;
+    let (len, head) = if first < 0x80 {
+        (usize::from(first), 2)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let mut len = 0usize;
+        for i in 0..n {
+            len = (len << 8) | usize::from(*buf.get(2 + i)?);
+        }
+        (len, 2 + n)
+    };
+    let end = head.checked_add(len)?;
+    Some((tag, buf.get(head..end)?, buf.get(end..)?))
+}
+
 /// A `--san` value as rcgen's SAN and as shown (`DNS:x`, `IP:x`).
 fn san(value: &str) -> Result<(SanType, String), String> {
     if let Ok(ip) = value.parse::<IpAddr>() {
@@ -483,6 +553,20 @@ mod tests {
         fs::set_permissions(&tmp.0, fs::Permissions::from_mode(0o755)).expect("chmod");
         let w = init(&opts(&tmp.0, &["localhost"])).expect("init");
         assert_eq!(mode(&w.dir), 0o700);
+    }
+
+    #[test]
+    fn the_first_san_is_read_back() {
+        let tmp = TempDir::new();
+        let w = init(&opts(&tmp.0, &["hub.example.com", "10.1.2.3"])).expect("init");
+        assert_eq!(first_san(&der(&w.cert)).as_deref(), Some("hub.example.com"));
+        let tmp = TempDir::new();
+        let w = init(&opts(&tmp.0, &["::1", "localhost"])).expect("init");
+        assert_eq!(first_san(&der(&w.cert)).as_deref(), Some("::1"));
+        // The CA has no SAN; garbage has none.
+        assert_eq!(first_san(&der(&w.ca_cert)), None);
+        assert_eq!(first_san(&[0x30, 0x03, 0x30, 0x01]), None);
+        assert_eq!(first_san(&[]), None);
     }
 
     #[test]
