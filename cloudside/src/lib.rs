@@ -17,6 +17,7 @@
 //! - [`admin`]: `/healthz`, `/metrics`, `/nodes`.
 //! - [`join`]: bootstrap tokens, node certificates and revocation (issue 7).
 //! - [`pki`]: `tether-hub init`: the hub's CA and serving certificate on disk (issue 7).
+//! - [`manifests`]: `tether-hub manifests`: the Kubernetes objects installing the hub (issue 7).
 
 pub mod admin;
 pub mod auth;
@@ -28,6 +29,7 @@ pub mod expose;
 pub mod health;
 pub mod join;
 pub mod links;
+pub mod manifests;
 pub mod pki;
 pub mod reach;
 pub mod registry;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::rc::Rc;
 use tether_conf::cli;
 use tether_hub::join::{self, nodes, tokens};
-use tether_hub::{admin, auth, autonomy, broker, config, egress, expose, links, pki};
+use tether_hub::{admin, auth, autonomy, broker, config, egress, expose, links, manifests, pki};
 
 const HELP: &str = "\
 tether-hub: the cloud end of Tether. Accepts one MQTT-framed TLS link per
@@ -23,6 +23,9 @@ USAGE:
     tether-hub token delete ID [--dir DIR]
     tether-hub node list [--dir DIR]
     tether-hub node revoke NAME [--dir DIR]
+    tether-hub manifests [--namespace NS] [--image IMAGE] [--link-port PORT]
+               [--service-type LoadBalancer|NodePort] [--autonomy]
+               [--webhook-ca FILE]
     tether-hub --help | --version
 
 COMMANDS:
@@ -71,6 +74,24 @@ COMMANDS:
     node revoke     Revoke node NAME: its certificates are refused and a
                     running hub drops its link within a second; only a
                     join with a new token brings it back.
+    manifests       Print the Kubernetes objects that install the hub into
+                    an existing cluster (for kubectl apply -f -; the same
+                    through kubectl delete -f - removes them): Namespace,
+                    ServiceAccount, ConfigMap (hub.toml), Deployment,
+                    Services; the steps around them (the Secret from
+                    init's files, kube-apiserver's egress selector) as
+                    comments at the top. No key is printed.
+        --namespace NS       [default: tether-system]
+        --image IMAGE        The hub's image [default: tether-hub:VERSION].
+        --link-port PORT     Where edges link in [default: 7443].
+        --service-type TYPE  The link Service: LoadBalancer (default) or
+                             NodePort.
+        --autonomy           Also [autonomy], its RBAC (cloudside/rbac.yaml)
+                             and the webhook's Service port; without it the
+                             hub has no RBAC at all.
+        --webhook-ca FILE    The CA of the hub's certificate (init's ca.pem):
+                             adds the webhook's registration with it as
+                             caBundle (with --autonomy).
 
 EXIT STATUS:
     0 success, 1 failure, 2 bad command line, 78 run with a config file
@@ -201,6 +222,7 @@ fn main() -> ExitCode {
         Some("init") => return init(args.get(1..).unwrap_or_default()),
         Some("token") => return token(args.get(1..).unwrap_or_default()),
         Some("node") => return node(args.get(1..).unwrap_or_default()),
+        Some("manifests") => return print_manifests(args.get(1..).unwrap_or_default()),
         _ => {}
     }
     cli::main(program, |path| config::load(path).map(|_| ()), run, report)
@@ -658,6 +680,30 @@ fn table<const N: usize>(rows: &[[String; N]]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// `manifests [flags]`: the hub's Kubernetes objects (see
+/// [`manifests::render`]). Exit 2 for a bad command line, 1 when the
+/// `--webhook-ca` file cannot be used.
+fn print_manifests(args: &[String]) -> ExitCode {
+    match manifests::parse_args(args).map(|o| o.map(|o| manifests::manifests(&o))) {
+        Ok(None) => {
+            print!("{HELP}");
+            ExitCode::SUCCESS
+        }
+        Ok(Some(Ok(yaml))) => {
+            print!("{yaml}");
+            ExitCode::SUCCESS
+        }
+        Ok(Some(Err(e))) => {
+            eprintln!("tether-hub manifests: {e}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("tether-hub manifests: {e}\nTry 'tether-hub --help'.");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// `egress-config`: what kube-apiserver needs to use the hub's egress.
