@@ -503,8 +503,10 @@ metadata:
             secretName: {PKI_SECRET}
             defaultMode: 288 # 0440: the hub's user through fsGroup
         # The hub's state directory, the one writable place under the
-        # read-only root. The hub keeps sessions in memory (§4): nothing
-        # here needs to outlive the pod.
+        # read-only root. The running hub keeps its sessions in memory (§4)
+        # and reads nothing here yet; once it serves join (issue 7), its
+        # tokens and nodes files live here and this must become a
+        # PersistentVolumeClaim (and ca-key.pem join the Secret).
         - name: state
           emptyDir:
             sizeLimit: 64Mi
