@@ -210,10 +210,11 @@ impl NodeStore {
     }
 
     /// Records a certificate issued to `node` (`serial` as bytes, its
-    /// `not_after`) and how. The current certificate becomes `previous`
-    /// (an edge may still use it for a moment during rotation), unless the
-    /// node was revoked: then nothing old stays accepted. A join clears a
-    /// revocation; a renewal of a revoked node is refused
+    /// `not_after`) and how. On a renewal the current certificate becomes
+    /// `previous` (the edge may still use it for a moment while it
+    /// rotates); a join keeps no previous: it is a new key, maybe a new
+    /// board, and the old board's certificate is superseded at once. A
+    /// join clears a revocation; a renewal of a revoked node is refused
     /// ([`StoreError::Revoked`]): only a token brings a node back.
     pub fn record_issue(
         &self,
@@ -232,19 +233,20 @@ impl NodeStore {
         self.file.update(|text| {
             let (mut nodes, generation) = parse(&self.file, text)?;
             let old = nodes.remove(node);
-            let previous = match &old {
-                Some(r) => match (r.revoked_at, &how) {
-                    (Some(at), Issue::Renewed) => {
+            let previous = match (&old, &how) {
+                (Some(r), Issue::Renewed) => match r.revoked_at {
+                    Some(at) => {
                         return Err(StoreError::Revoked {
                             node: node.clone(),
                             at,
                         })
                     }
-                    (Some(_), Issue::Joined { .. }) => None,
-                    (None, _) if r.current.serial == serial => r.previous.clone(),
-                    (None, _) => Some(r.current.clone()),
+                    None if r.current.serial == serial => r.previous.clone(),
+                    None => Some(r.current.clone()),
                 },
-                None => None,
+                // A join is a new key, maybe a new board: the old one's
+                // certificate is superseded at once.
+                (_, Issue::Joined { .. }) | (None, Issue::Renewed) => None,
             };
             nodes.insert(
                 node.clone(),
@@ -520,6 +522,13 @@ mod tests {
         assert_eq!(nodes.status(&n, &[0x03]), CertStatus::Previous);
         let r = nodes.get(&n).expect("record");
         assert_eq!(r.how, Issue::Renewed);
+        // A rejoin (a new board for the name) leaves the old board out.
+        store
+            .record_issue(&n, &[0x05], now() + YEAR, join("ghijkl"), now())
+            .expect("rejoin");
+        let nodes = store.load().expect("load");
+        assert_eq!(nodes.status(&n, &[0x05]), CertStatus::Current);
+        assert_eq!(nodes.status(&n, &[0x04]), CertStatus::Superseded);
         assert_eq!(
             std::fs::metadata(store.path())
                 .expect("stat")
