@@ -278,10 +278,6 @@ fn init(args: &[String]) -> ExitCode {
     }
 }
 
-/// The link port in the join command when `--hub` is not given: the one
-/// every example config and board config uses for `listen.link`.
-const DEFAULT_LINK_PORT: u16 = 7443;
-
 /// A failed `tether-hub <cmd>`: exit 2 for a bad command line, 1 otherwise.
 fn fail(cmd: &str, code: u8, e: &str) -> ExitCode {
     eprintln!("tether-hub {cmd}: {e}");
@@ -500,7 +496,8 @@ fn state_dir(dir: &std::path::Path, need_ca: bool) -> Result<(), String> {
 }
 
 /// Where the join command points and the CA pin it carries: `hub` or the
-/// first name of `<dir>/hub.pem` with the default link port, and the hash
+/// first name of `<dir>/hub.pem` with the link port the installed hub
+/// listens on (`manifests::DEFAULT_LINK_PORT`, as every example config), and the hash
 /// of `<dir>/ca.pem`.
 fn join_target(dir: &std::path::Path, hub: Option<String>) -> Result<(String, String), String> {
     let ca = dir.join(pki::CA_CERT);
@@ -529,9 +526,9 @@ fn join_target(dir: &std::path::Path, hub: Option<String>) -> Result<(String, St
                     )
                 })?;
             if name.contains(':') {
-                format!("[{name}]:{DEFAULT_LINK_PORT}")
+                format!("[{name}]:{}", manifests::DEFAULT_LINK_PORT)
             } else {
-                format!("{name}:{DEFAULT_LINK_PORT}")
+                format!("{name}:{}", manifests::DEFAULT_LINK_PORT)
             }
         }
     };
