@@ -11,7 +11,7 @@ use crate::LinkError;
 
 /// Largest CONNECT accepted: a node name, a token and some slack. A peer that
 /// announces more is hostile or confused.
-pub const MAX_CONNECT: usize = 2048;
+pub const MAX_CONNECT: usize = 4096;
 
 /// What a CONNECT said, owned so the connection buffer can be reused.
 #[derive(Debug, Clone, PartialEq, Eq)]

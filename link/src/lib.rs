@@ -30,9 +30,12 @@
 
 pub mod accept;
 pub mod backoff;
+pub mod csr;
+pub mod der;
 pub mod frame;
 pub mod health;
 pub mod io;
+pub mod join;
 pub mod logger;
 pub mod mqtt;
 pub mod mux;

@@ -5,6 +5,7 @@
 //! proves who it is either by that certificate, whose subject CN must be
 //! `system:node:<name>`, or by a token in CONNECT.
 
+use crate::der::read as der_read;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -187,6 +188,81 @@ pub fn subject_public_key_info(der: &[u8]) -> Option<&[u8]> {
     Some(&rest[..rest.len() - after.len()])
 }
 
+/// The serial number of a DER certificate (the INTEGER's content bytes):
+/// what the hub's node records name a certificate by.
+pub fn serial_of_certificate(der: &[u8]) -> Option<&[u8]> {
+    let (cert, _) = der_read(der, 0x30)?;
+    let (mut rest, _) = der_read(cert, 0x30)?;
+    if rest.first() == Some(&0xa0) {
+        rest = der_read(rest, 0xa0)?.1;
+    }
+    Some(der_read(rest, 0x02)?.0)
+}
+
+/// A DER certificate's validity as unix seconds: (not before, not after).
+/// The edge schedules its renewal from it.
+pub fn validity_of_certificate(der: &[u8]) -> Option<(i64, i64)> {
+    let (cert, _) = der_read(der, 0x30)?;
+    let (mut rest, _) = der_read(cert, 0x30)?;
+    if rest.first() == Some(&0xa0) {
+        rest = der_read(rest, 0xa0)?.1;
+    }
+    rest = der_read(rest, 0x02)?.1; // serial
+    rest = der_read(rest, 0x30)?.1; // signature algorithm
+    rest = der_read(rest, 0x30)?.1; // issuer
+    let (validity, _) = der_read(rest, 0x30)?;
+    let (from, rest) = asn1_time(validity)?;
+    let (until, _) = asn1_time(rest)?;
+    Some((from, until))
+}
+
+/// One UTCTime (`YYMMDDHHMMSSZ`, years 1950-2049) or GeneralizedTime
+/// (`YYYYMMDDHHMMSSZ`) as unix seconds, and what follows it.
+fn asn1_time(buf: &[u8]) -> Option<(i64, &[u8])> {
+    let (text, rest, year_digits) = match buf.first()? {
+        0x17 => {
+            let (t, r) = der_read(buf, 0x17)?;
+            (t, r, 2)
+        }
+        0x18 => {
+            let (t, r) = der_read(buf, 0x18)?;
+            (t, r, 4)
+        }
+        _ => return None,
+    };
+    if text.len() != year_digits + 11 || text.last() != Some(&b'Z') {
+        return None;
+    }
+    let num = |s: &[u8]| -> Option<i64> {
+        s.iter().try_fold(0i64, |acc, &c| {
+            c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0'))
+        })
+    };
+    let mut year = num(&text[..year_digits])?;
+    if year_digits == 2 {
+        year += if year < 50 { 2000 } else { 1900 };
+    }
+    let f = &text[year_digits..];
+    let (month, day) = (num(&f[0..2])?, num(&f[2..4])?);
+    let (h, m, s) = (num(&f[4..6])?, num(&f[6..8])?, num(&f[8..10])?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 {
+        return None;
+    }
+    Some((days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + s, rest))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
+/// algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// The fields of a DER certificate's TBSCertificate from its subject on.
 fn from_subject(der: &[u8]) -> Option<&[u8]> {
     let (cert, _) = der_read(der, 0x30)?;
@@ -202,32 +278,28 @@ fn from_subject(der: &[u8]) -> Option<&[u8]> {
     Some(rest)
 }
 
-/// Reads one DER element with tag `tag`: (contents, rest).
-fn der_read(buf: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-    if *buf.first()? != tag {
-        return None;
-    }
-    let first = *buf.get(1)?;
-    let (len, head) = if first < 0x80 {
-        (usize::from(first), 2)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let mut len = 0usize;
-        for i in 0..n {
-            len = (len << 8) | usize::from(*buf.get(2 + i)?);
-        }
-        (len, 2 + n)
-    };
-    let end = head.checked_add(len)?;
-    Some((buf.get(head..end)?, buf.get(end..)?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_read_as_unix_seconds() {
+        let utc = |s: &str| [vec![0x17, s.len() as u8], s.as_bytes().to_vec()].concat();
+        let gen = |s: &str| [vec![0x18, s.len() as u8], s.as_bytes().to_vec()].concat();
+        assert_eq!(asn1_time(&utc("700101000000Z")).map(|t| t.0), Some(0));
+        assert_eq!(
+            asn1_time(&utc("261207033009Z")).map(|t| t.0),
+            Some(1_796_614_209)
+        );
+        assert_eq!(
+            asn1_time(&gen("20500101000000Z")).map(|t| t.0),
+            Some(2_524_608_000)
+        );
+        assert_eq!(asn1_time(&utc("491231235959Z")).map(|t| t.0), Some(2_524_607_999));
+        assert_eq!(asn1_time(&utc("261307033009Z")), None);
+        assert_eq!(asn1_time(&utc("2612070330Z")), None);
+        assert_eq!(asn1_time(&utc("26120703300xZ")), None);
+    }
 
     #[test]
     fn garbage_certificates_have_no_name() {
@@ -248,6 +320,8 @@ mod tests {
                 })
                 .collect();
             let _ = subject_common_name(&bytes);
+            let _ = validity_of_certificate(&bytes);
+            let _ = serial_of_certificate(&bytes);
         }
     }
 }
