@@ -140,7 +140,10 @@ pub fn init(opts: &InitOptions) -> Result<Written, String> {
     write_new(&ca_key_path, ca_key_pem.as_bytes(), 0o600)?;
     write_new(&key_path, hub_key.serialize_pem().as_bytes(), 0o600)?;
     write_new(&ca_cert_path, ca_cert.pem().as_bytes(), 0o644)?;
-    write_new(&cert_path, hub_cert.pem().as_bytes(), 0o644)?;
+    // The chain, not the leaf alone: `tether-edge join` finds the CA it pins
+    // (by its key's hash) among the certificates the hub presents.
+    let chain = format!("{}{}", hub_cert.pem(), ca_cert.pem());
+    write_new(&cert_path, chain.as_bytes(), 0o644)?;
     let dir = fs::canonicalize(&opts.dir)
         .map_err(|e| format!("{}: cannot resolve: {e}", opts.dir.display()))?;
     Ok(Written {

@@ -6,5 +6,6 @@
 //! - [`nodes`]: certificates issued to nodes, and revocation (`tether-hub node`).
 
 pub mod nodes;
+pub mod sign;
 pub mod store;
 pub mod tokens;
