@@ -40,7 +40,10 @@ fn name_entry(oid: &[u8], value: &str) -> Vec<u8> {
     // UTF8String: ':' is not a PrintableString character.
     tlv(
         0x31,
-        &tlv(0x30, &[tlv(0x06, oid), tlv(0x0c, value.as_bytes())].concat()),
+        &tlv(
+            0x30,
+            &[tlv(0x06, oid), tlv(0x0c, value.as_bytes())].concat(),
+        ),
     )
 }
 
@@ -57,13 +60,7 @@ pub fn request_info(node: &NodeName, point: &[u8]) -> Vec<u8> {
     );
     tlv(
         0x30,
-        &[
-            tlv(0x02, &[0]),
-            subject,
-            p256_spki(point),
-            vec![0xa0, 0x00],
-        ]
-        .concat(),
+        &[tlv(0x02, &[0]), subject, p256_spki(point), vec![0xa0, 0x00]].concat(),
     )
 }
 
@@ -212,8 +209,8 @@ mod tests {
 
     fn key() -> EcdsaKeyPair {
         let rng = SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
-            .expect("generate");
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).expect("generate");
         EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
             .expect("load")
     }
@@ -221,9 +218,7 @@ mod tests {
     fn request(node: &str, key: &EcdsaKeyPair) -> Vec<u8> {
         let node = NodeName::new(node).expect("name");
         let info = request_info(&node, key.public_key().as_ref());
-        let sig = key
-            .sign(&SystemRandom::new(), &info)
-            .expect("sign");
+        let sig = key.sign(&SystemRandom::new(), &info).expect("sign");
         assemble(&info, sig.as_ref())
     }
 
@@ -294,5 +289,4 @@ mod tests {
         };
         assert_eq!(r.node(), None);
     }
-
 }

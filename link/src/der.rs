@@ -42,9 +42,62 @@ pub fn read(buf: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
     Some((buf.get(head..end)?, buf.get(end..)?))
 }
 
+/// PEM text of one DER object under `label` (`CERTIFICATE`, `PRIVATE
+/// KEY`, `CERTIFICATE REQUEST`): base64 in lines of 64, as RFC 7468 asks.
+pub fn pem(label: &str, der: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = Vec::with_capacity(der.len().div_ceil(3) * 4);
+    for chunk in der.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &b)| acc | (u32::from(b) << (16 - 8 * i)));
+        for i in 0..4 {
+            b64.push(if i <= chunk.len() {
+                ALPHABET[(n >> (18 - 6 * i)) as usize & 63]
+            } else {
+                b'='
+            });
+        }
+    }
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::pki_types::pem::PemObject;
+
+    #[test]
+    fn pem_is_base64_in_lines_of_64() {
+        assert_eq!(pem("X", b""), "-----BEGIN X-----\n-----END X-----\n");
+        assert_eq!(pem("X", b"f"), "-----BEGIN X-----\nZg==\n-----END X-----\n");
+        assert_eq!(
+            pem("X", b"fo"),
+            "-----BEGIN X-----\nZm8=\n-----END X-----\n"
+        );
+        assert_eq!(
+            pem("X", b"foobar"),
+            "-----BEGIN X-----\nZm9vYmFy\n-----END X-----\n"
+        );
+        let long = pem("CERTIFICATE", &[0xfb; 100]);
+        let lines: Vec<&str> = long.lines().collect();
+        assert_eq!(lines.len(), 5);
+        assert_eq!(lines[1].len(), 64);
+        assert!(lines[1].starts_with("+/v7"));
+        let back: Vec<u8> = rustls::pki_types::CertificateDer::pem_slice_iter(long.as_bytes())
+            .next()
+            .expect("one")
+            .expect("parses")
+            .to_vec();
+        assert_eq!(back, vec![0xfb; 100]);
+    }
 
     #[test]
     fn lengths_round_trip_in_short_and_long_form() {

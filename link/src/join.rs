@@ -14,7 +14,9 @@
 //! Both carry a fresh certificate request ([`crate::csr`]): the new key is
 //! made on the board and never leaves it.
 
-use crate::mqtt::{self, Connack, Connect, ConnectReturnCode, Packet, Protocol, Publish, QoS, QosPid};
+use crate::mqtt::{
+    self, Connack, Connect, ConnectReturnCode, Packet, Protocol, Publish, QoS, QosPid,
+};
 use crate::topic::NodeName;
 use crate::LinkError;
 use serde::{Deserialize, Serialize};
@@ -295,6 +297,9 @@ mod tests {
         let a = proof_message(&node(), b"csr", 1);
         assert_ne!(a, proof_message(&node(), b"csr", 2));
         assert_ne!(a, proof_message(&node(), b"other", 1));
-        assert_ne!(a, proof_message(&NodeName::new("edge-2").expect("n"), b"csr", 1));
+        assert_ne!(
+            a,
+            proof_message(&NodeName::new("edge-2").expect("n"), b"csr", 1)
+        );
     }
 }

@@ -248,7 +248,10 @@ fn asn1_time(buf: &[u8]) -> Option<(i64, &[u8])> {
     if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 {
         return None;
     }
-    Some((days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + s, rest))
+    Some((
+        days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + s,
+        rest,
+    ))
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
@@ -295,7 +298,10 @@ mod tests {
             asn1_time(&gen("20500101000000Z")).map(|t| t.0),
             Some(2_524_608_000)
         );
-        assert_eq!(asn1_time(&utc("491231235959Z")).map(|t| t.0), Some(2_524_607_999));
+        assert_eq!(
+            asn1_time(&utc("491231235959Z")).map(|t| t.0),
+            Some(2_524_607_999)
+        );
         assert_eq!(asn1_time(&utc("261307033009Z")), None);
         assert_eq!(asn1_time(&utc("2612070330Z")), None);
         assert_eq!(asn1_time(&utc("26120703300xZ")), None);

@@ -212,7 +212,13 @@ pub fn parse(text: &str, base: &Path) -> Result<EdgeConfig, Errors> {
 /// Checks config text like [`parse`] but reads none of the files it names:
 /// a node's token lives on the board, not where its config is rendered.
 pub fn validate(text: &str, base: &Path) -> Result<(), Errors> {
-    parse_with(text, base, Files::Skip).map(|_| ())
+    checked(text, base).map(|_| ())
+}
+
+/// [`validate`], returning what it read (a token it did not read is
+/// empty): `join` writes a config and needs its proxy address.
+pub fn checked(text: &str, base: &Path) -> Result<EdgeConfig, Errors> {
+    parse_with(text, base, Files::Skip)
 }
 
 /// Whether parsing reads the files a config names (the hub token).

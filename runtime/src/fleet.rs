@@ -157,7 +157,13 @@ impl Fleet {
     pub fn read(path: &Path, boards: &Path) -> Result<Fleet, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-        let doc = Document::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        Fleet::parse(&text, path, boards)
+    }
+
+    /// A fleet from `text`, named `path` in its messages (`tether-edge
+    /// join --board` renders a one-node fleet it never writes).
+    pub fn parse(text: &str, path: &Path, boards: &Path) -> Result<Fleet, String> {
+        let doc = Document::parse(text).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut errors = Vec::new();
         let mut root = doc.root();
         let site = match root.str("site") {

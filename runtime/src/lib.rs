@@ -33,6 +33,7 @@ pub mod fleet;
 pub mod forward;
 pub mod health;
 pub mod http;
+pub mod identity;
 pub mod kube;
 pub mod memory;
 pub mod proxy;

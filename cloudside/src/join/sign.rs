@@ -63,8 +63,7 @@ impl Authority {
         let cert_path = dir.join(pki::CA_CERT);
         let key_path = dir.join(pki::CA_KEY);
         let hint = "(made by `tether-hub init --dir DIR`)";
-        let certs = tether_link::tls::load_certs(&cert_path)
-            .map_err(|e| format!("{e} {hint}"))?;
+        let certs = tether_link::tls::load_certs(&cert_path).map_err(|e| format!("{e} {hint}"))?;
         let ca_der = certs
             .first()
             .map(|c| c.to_vec())
@@ -139,9 +138,10 @@ impl Authority {
         let not_after = now + self.lifetime;
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, tether_link::csr::NODE_ORGANIZATION);
+        params.distinguished_name.push(
+            DnType::OrganizationName,
+            tether_link::csr::NODE_ORGANIZATION,
+        );
         params.distinguished_name.push(
             DnType::CommonName,
             format!("{}{node}", tether_link::csr::NODE_CN_PREFIX),
@@ -226,8 +226,8 @@ mod tests {
 
     fn node_key() -> Vec<u8> {
         let rng = ring::rand::SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
-            .expect("gen");
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).expect("gen");
         EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
             .expect("load")
             .public_key()
@@ -269,7 +269,9 @@ mod tests {
             authority(&b, Duration::from_secs(60)),
         );
         let node = NodeName::new("edge-1").expect("name");
-        let issued = ca_a.issue(&node, &node_key(), SystemTime::now()).expect("issue");
+        let issued = ca_a
+            .issue(&node, &node_key(), SystemTime::now())
+            .expect("issue");
         assert!(ca_b.verify(&issued.der, SystemTime::now()).is_err());
     }
 
@@ -279,7 +281,9 @@ mod tests {
         let _ = authority(&a, Duration::from_secs(60));
         let _ = authority(&b, Duration::from_secs(60));
         std::fs::copy(b.0.join(pki::CA_KEY), a.0.join(pki::CA_KEY)).expect("copy");
-        let e = Authority::load(&a.0, Duration::from_secs(60)).err().expect("refused");
+        let e = Authority::load(&a.0, Duration::from_secs(60))
+            .err()
+            .expect("refused");
         assert!(e.contains("differ"), "{e}");
         let e = Authority::load(&a.0.join("nothing"), Duration::from_secs(60))
             .err()

@@ -1,0 +1,452 @@
+//! `tether-edge join` and `tether-edge reset`: putting a board into the
+//! fleet with one command, and taking it out again.
+//!
+//! Join checks everything it can before it asks the hub for anything (the
+//! command line, existing files, the config it will write), makes the
+//! node's key on the board, gets the certificate over a TLS connection
+//! that trusts only the pinned CA, and checks the certificate against the
+//! key, the node and the pin. Only then does it write, all files or none
+//! ([`super::files`]), and finally it proves the new identity by bringing
+//! a link up with it. Each step is reported as it completes.
+
+use super::exchange::{exchange, host_of, ExchangeError};
+use super::files::{self, Planned};
+use super::key::NodeKey;
+use super::pin::{CaHash, PinnedCa};
+use crate::config;
+use crate::fleet::Fleet;
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tether_link::join::{Answer, Refusal, Request};
+use tether_link::topic::NodeName;
+
+/// Where join writes the identity without `--dir`: beside the config, as
+/// the board files expect (`/etc/tether/node.pem`).
+pub const DEFAULT_DIR: &str = "/etc/tether";
+/// The node's certificate and key, one file (mode 0600): a renewal replaces
+/// both with one rename, so they can never disagree.
+pub const IDENTITY_FILE: &str = "node.pem";
+/// The hub's CA certificate.
+pub const CA_FILE: &str = "hub-ca.pem";
+/// The kubelet kubeconfig without `--kubeconfig`.
+pub const DEFAULT_KUBECONFIG: &str = "/etc/tether/kubelet.kubeconfig";
+/// Where board files are looked up by model without `--boards`.
+pub const DEFAULT_BOARDS: &str = "/usr/share/tether/boards";
+/// The first line of every file join writes as text, so `reset` and a
+/// person can tell them from hand-written ones.
+const MARK: &str = "# Written by `tether-edge join`; `tether-edge reset` removes it.";
+
+/// What `join` was asked to do.
+#[derive(Debug, Clone)]
+pub struct JoinOptions {
+    /// The hub, `host:port`.
+    pub hub: String,
+    /// The bootstrap token, `ID.SECRET`.
+    pub token: String,
+    /// The pinned CA.
+    pub ca_hash: CaHash,
+    /// The node's name.
+    pub node: NodeName,
+    /// A board model (looked up in `boards`) or a board file.
+    pub board: Option<String>,
+    /// Where board models are looked up.
+    pub boards: PathBuf,
+    /// The edge config to write.
+    pub config: PathBuf,
+    /// Where the identity files go.
+    pub dir: PathBuf,
+    /// The kubelet kubeconfig to write.
+    pub kubeconfig: PathBuf,
+    /// Replace an existing identity.
+    pub force: bool,
+    /// Per exchange with the hub.
+    pub timeout: Duration,
+}
+
+impl JoinOptions {
+    /// The identity file (certificate and key).
+    pub fn identity(&self) -> PathBuf {
+        self.dir.join(IDENTITY_FILE)
+    }
+
+    /// The CA file.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join(CA_FILE)
+    }
+}
+
+/// Why a join did not complete. Nothing was written unless it says so.
+#[derive(Debug)]
+pub enum JoinError {
+    /// A file of an identity exists and `--force` was not given.
+    Exists(PathBuf),
+    /// The config join would write does not check out.
+    Config(String),
+    /// The hub could not be reached or verified.
+    Hub(ExchangeError),
+    /// The hub refused, with its reason.
+    Refused(Refusal, String),
+    /// The hub's certificate does not fit the request.
+    BadAnswer(String),
+    /// Writing failed (nothing was left half written).
+    Write(String),
+    /// Everything was written, but a link with the new identity failed.
+    Check(String),
+}
+
+impl JoinError {
+    /// The exit status: 1 for problems here, 3 when the hub refused, 4
+    /// when the hub could not be reached or verified, 5 when the files were
+    /// written but the link check failed.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            JoinError::Refused(..) => 3,
+            JoinError::Hub(_) => 4,
+            JoinError::Check(_) => 5,
+            _ => 1,
+        }
+    }
+}
+
+impl fmt::Display for JoinError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JoinError::Exists(p) => write!(
+                f,
+                "{} exists: this board already has an identity; run `tether-edge reset` first, or pass --force to replace it",
+                p.display()
+            ),
+            JoinError::Config(e) => write!(f, "the config join would write is not valid: {e}"),
+            JoinError::Hub(e) => write!(f, "{e}"),
+            JoinError::Refused(reason, message) => {
+                write!(f, "the hub refused ({reason}): {message}")
+            }
+            JoinError::BadAnswer(e) => write!(f, "the hub's certificate is not usable: {e}"),
+            JoinError::Write(e) => write!(f, "{e} (nothing was changed)"),
+            JoinError::Check(e) => write!(
+                f,
+                "the files are written, but a link with the new identity failed: {e}"
+            ),
+        }
+    }
+}
+
+/// Runs a join, reporting each step to `out`.
+pub fn join(opts: &JoinOptions, out: &mut dyn Write) -> Result<(), JoinError> {
+    let mut say = |line: String| {
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    };
+    say(format!(
+        "[1/5] joining node {} to the hub at {} (CA {})",
+        opts.node, opts.hub, opts.ca_hash
+    ));
+    if !opts.force {
+        for p in [&opts.identity(), &opts.ca(), &opts.config, &opts.kubeconfig] {
+            if p.exists() {
+                return Err(JoinError::Exists(p.clone()));
+            }
+        }
+    }
+    let config_text = render_config(opts)?;
+    let cfg = config::checked(&config_text, opts.config.parent().unwrap_or(Path::new("/")))
+        .map_err(|e| JoinError::Config(e.to_string()))?;
+
+    let key = NodeKey::generate().map_err(JoinError::BadAnswer)?;
+    let csr = key.csr(&opts.node).map_err(JoinError::BadAnswer)?;
+    say("[2/5] made the node's key (ECDSA P-256) on this board; it never leaves it".into());
+
+    let tls = PinnedCa::client_config(opts.ca_hash).map_err(JoinError::Config)?;
+    let request = Request::Join {
+        token: opts.token.clone(),
+        csr,
+    };
+    let answer = smol::block_on(exchange(
+        &opts.hub,
+        host_of(&opts.hub),
+        Arc::new(tls),
+        &opts.node,
+        &request,
+        opts.timeout,
+    ))
+    .map_err(JoinError::Hub)?;
+    let (cert, ca) = match answer {
+        Answer::Issued {
+            certificate, ca, ..
+        } => (certificate, ca),
+        Answer::Refused { reason, message } => return Err(JoinError::Refused(reason, message)),
+    };
+    let until = check_issued(&cert, &ca, &key, &opts.node, &opts.ca_hash)?;
+    say(format!(
+        "[3/5] the hub (verified by the pinned CA) issued CN system:node:{}, valid until {}",
+        opts.node,
+        rfc3339(until)
+    ));
+
+    let identity = format!(
+        "{}{}",
+        tether_link::der::pem("CERTIFICATE", &cert),
+        key.pem()
+    );
+    let plan = [
+        Planned {
+            path: opts.identity(),
+            data: identity.into_bytes(),
+            mode: 0o600,
+        },
+        Planned {
+            path: opts.ca(),
+            data: tether_link::der::pem("CERTIFICATE", &ca).into_bytes(),
+            mode: 0o644,
+        },
+        Planned {
+            path: opts.config.clone(),
+            data: config_text.into_bytes(),
+            mode: 0o600,
+        },
+        Planned {
+            path: opts.kubeconfig.clone(),
+            data: kubeconfig(cfg.proxy.listen).into_bytes(),
+            mode: 0o600,
+        },
+    ];
+    files::write_all(&plan).map_err(JoinError::Write)?;
+    say(format!(
+        "[4/5] wrote {} (certificate and key, 0600), {}, {} and {}",
+        opts.identity().display(),
+        opts.ca().display(),
+        opts.config.display(),
+        opts.kubeconfig.display()
+    ));
+
+    let tls =
+        tether_link::tls::client_config(&opts.ca(), Some((&opts.identity(), &opts.identity())))
+            .map_err(|e| JoinError::Check(e.to_string()))?;
+    smol::block_on(super::renew::check_link(
+        &opts.hub,
+        host_of(&opts.hub),
+        Arc::new(tls),
+        &opts.node,
+        opts.timeout,
+    ))
+    .map_err(JoinError::Check)?;
+    say(format!(
+        "[5/5] a link with the new identity comes up; start the edge: systemctl restart tether-edge (or tether-edge run --config {})",
+        opts.config.display()
+    ));
+    Ok(())
+}
+
+/// Checks an issued certificate against what was asked: this key, this
+/// node, a CA with the pinned key that signed it. Returns its end of
+/// validity.
+fn check_issued(
+    cert: &[u8],
+    ca: &[u8],
+    key: &NodeKey,
+    node: &NodeName,
+    pin: &CaHash,
+) -> Result<SystemTime, JoinError> {
+    let bad = |m: String| Err(JoinError::BadAnswer(m));
+    if !pin.matches(ca) {
+        return bad(format!("its CA is not the one pinned by {pin}"));
+    }
+    if !key.matches(cert) {
+        return bad("it does not certify the key this board made".into());
+    }
+    if tether_link::tls::node_of_certificate(cert).as_deref() != Some(node.as_str()) {
+        return bad(format!("it is not for node {node}"));
+    }
+    let Some((_, until)) = tether_link::tls::validity_of_certificate(cert) else {
+        return bad("its validity does not parse".into());
+    };
+    Ok(UNIX_EPOCH + Duration::from_secs(until.max(0) as u64))
+}
+
+/// The edge config join writes: the board file's (when `--board`), with
+/// the node, the hub and the identity files set.
+fn render_config(opts: &JoinOptions) -> Result<String, JoinError> {
+    let q = |p: &Path| quote(&p.display().to_string());
+    let hub = format!(
+        "[hub]\naddress = {}\nca = {}\ncert = {}\nkey = {}\n",
+        quote(&opts.hub),
+        q(&opts.ca()),
+        q(&opts.identity()),
+        q(&opts.identity())
+    );
+    let body = match &opts.board {
+        None => format!("node = {}\n\n{hub}", quote(opts.node.as_str())),
+        Some(board) => {
+            let (boards, model) = if board.contains('/') || board.ends_with(".toml") {
+                let p = Path::new(board);
+                let model = p
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or_default()
+                    .to_owned();
+                (p.parent().unwrap_or(Path::new(".")).to_path_buf(), model)
+            } else {
+                (opts.boards.clone(), board.clone())
+            };
+            let fleet = format!(
+                "site = \"joined\"\n\n{hub}\n[[node]]\nname = {}\nboard = {}\n",
+                quote(opts.node.as_str()),
+                quote(&model)
+            );
+            Fleet::parse(&fleet, Path::new("(join)"), &boards)
+                .and_then(|f| f.render(opts.node.as_str()))
+                .map_err(JoinError::Config)?
+        }
+    };
+    Ok(format!("{MARK}\n{body}"))
+}
+
+/// A kubeconfig for kubelet that points at the edge's proxy; the proxy
+/// adds the node's credentials upstream.
+fn kubeconfig(proxy: std::net::SocketAddr) -> String {
+    format!(
+        "{MARK}\napiVersion: v1\nkind: Config\nclusters:\n- name: tether\n  cluster:\n    server: http://{proxy}\ncontexts:\n- name: tether\n  context:\n    cluster: tether\n    user: kubelet\ncurrent-context: tether\nusers:\n- name: kubelet\n  user: {{}}\n"
+    )
+}
+
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A time as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// What `reset` was asked to remove.
+#[derive(Debug, Clone)]
+pub struct ResetOptions {
+    /// The edge config.
+    pub config: PathBuf,
+    /// The identity directory.
+    pub dir: PathBuf,
+    /// The kubelet kubeconfig.
+    pub kubeconfig: PathBuf,
+}
+
+/// Undoes a join: removes the identity (certificate and key), the CA, the
+/// kubeconfig, the cache the config names, and the config, reporting each.
+/// A config or kubeconfig join did not write (no mark) is left alone and
+/// named. Files already gone are not an error: reset may be run twice.
+pub fn reset(opts: &ResetOptions, out: &mut dyn Write) -> Result<(), String> {
+    let mut removed = 0;
+    let mut kept = Vec::new();
+    let mut remove = |p: &Path, out: &mut dyn Write| -> Result<(), String> {
+        match std::fs::remove_file(p) {
+            Ok(()) => {
+                removed += 1;
+                let _ = writeln!(out, "removed {}", p.display());
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("{}: cannot remove: {e}", p.display())),
+        }
+    };
+    let written_by_join = |p: &Path| std::fs::read_to_string(p).is_ok_and(|t| t.starts_with(MARK));
+    let mut cache = None;
+    if opts.config.exists() {
+        if written_by_join(&opts.config) {
+            if let Ok(text) = std::fs::read_to_string(&opts.config) {
+                let base = opts.config.parent().unwrap_or(Path::new("/"));
+                cache = config::checked(&text, base)
+                    .ok()
+                    .and_then(|c| c.proxy.cache);
+            }
+        } else {
+            kept.push(opts.config.clone());
+        }
+    }
+    remove(&opts.dir.join(IDENTITY_FILE), out)?;
+    remove(&opts.dir.join(CA_FILE), out)?;
+    if opts.kubeconfig.exists() && !written_by_join(&opts.kubeconfig) {
+        kept.push(opts.kubeconfig.clone());
+    } else {
+        remove(&opts.kubeconfig, out)?;
+    }
+    if let Some(db) = cache {
+        // The cluster's objects, kept for outages: they belong to the
+        // cluster this node leaves.
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut p = db.clone().into_os_string();
+            p.push(suffix);
+            remove(Path::new(&p), out)?;
+        }
+    }
+    if !kept.contains(&opts.config) {
+        remove(&opts.config, out)?;
+    }
+    for p in &kept {
+        let _ = writeln!(
+            out,
+            "left {} alone: tether-edge join did not write it",
+            p.display()
+        );
+    }
+    if removed == 0 {
+        let _ = writeln!(
+            out,
+            "nothing to remove: this board has no identity from a join"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_print_as_rfc3339() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(1_796_614_209)),
+            "2026-12-07T03:30:09Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn the_written_kubeconfig_points_at_the_proxy() {
+        let k = kubeconfig("127.0.0.1:10261".parse().expect("addr"));
+        assert!(k.starts_with(MARK));
+        assert!(k.contains("server: http://127.0.0.1:10261\n"));
+    }
+}
