@@ -39,7 +39,14 @@ pub struct Hub {
     /// Local address the link connects from (multi-homed boards); `None`
     /// lets the kernel choose.
     pub source_address: Option<std::net::IpAddr>,
+    /// Renew the client certificate once this percentage of its life has
+    /// passed (`renew_at_percent`, default 67: two thirds); 0 turns
+    /// renewal off (certificates made by hand, not by `tether-hub`).
+    pub renew_at_percent: u8,
 }
+
+/// The default of `[hub] renew_at_percent`: at two thirds of the life.
+pub const DEFAULT_RENEW_AT_PERCENT: u8 = 67;
 
 /// Reconnect and timing settings of the link.
 #[derive(Debug, Clone)]
@@ -469,7 +476,19 @@ fn read_hub(t: &mut Table<'_>, base: &Path, files: Files, errors: &mut Errors) -
     if credentials.is_none() && !plaintext {
         errors.push(t.error("", "no credentials: set cert and key, or token_file"));
     }
+    let renew_at_percent = match errors.opt(t.u64("renew_at_percent")) {
+        None => DEFAULT_RENEW_AT_PERCENT,
+        Some(p @ (0 | 10..=95)) => p as u8,
+        Some(p) => {
+            errors.push(t.error(
+                "renew_at_percent",
+                format!("{p} is out of range: 10 to 95 (percent of the certificate's life), or 0 for no renewal"),
+            ));
+            DEFAULT_RENEW_AT_PERCENT
+        }
+    };
     Some(Hub {
+        renew_at_percent,
         address,
         server_name,
         ca,

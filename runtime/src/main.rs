@@ -15,6 +15,11 @@ USAGE:
     tether-edge [run] [--config FILE] [--log-level LEVEL]
     tether-edge check-config FILE
     tether-edge render-config FLEET_FILE NODE [--boards DIR]
+    tether-edge join HUB:PORT --token ID.SECRET --ca-hash sha256:HEX
+                [--node-name NAME] [--board MODEL|FILE] [--boards DIR]
+                [--config FILE] [--dir DIR] [--kubeconfig FILE]
+                [--timeout DURATION] [--force]
+    tether-edge reset [--config FILE] [--dir DIR] [--kubeconfig FILE]
     tether-edge --help | --version
 
 COMMANDS:
@@ -30,6 +35,34 @@ COMMANDS:
                     [[node]] entry merged, later wins. Board files are
                     DIR/<board>.toml [default: ../boards from the fleet
                     file's folder]. See board-configs/README.md.
+    join            Put this board into the fleet: check the hub by the
+                    pinned CA hash (what `tether-hub init` printed), make
+                    the node's key here (it never leaves the board), get
+                    its certificate (CN system:node:NAME) with the
+                    bootstrap token from `tether-hub token create`, write
+                    DIR/node.pem (certificate and key, 0600), DIR/hub-ca.pem,
+                    the edge config (the board's file with --board) and a
+                    kubelet kubeconfig pointing at the local proxy, then
+                    bring a link up with the new identity. Each step is
+                    reported; nothing is written unless the hub issued a
+                    certificate that fits. An existing identity is kept
+                    unless --force.
+                    --node-name   [default: the host name]
+                    --board       a model looked up in --boards [default
+                                  /usr/share/tether/boards], or a file
+                    --config      [default: /etc/tether/edge.toml]
+                    --dir         [default: /etc/tether]
+                    --kubeconfig  [default: /etc/tether/kubelet.kubeconfig]
+                    --timeout     per exchange with the hub [default: 10s]
+                    Exit status: 1 a problem here (existing identity, bad
+                    config), 2 bad command line, 3 the hub refused (the
+                    message says why: token, node, revoked), 4 the hub
+                    could not be reached or verified (wrong --ca-hash),
+                    5 files written but the link check failed.
+    reset           Undo a join: remove DIR/node.pem, DIR/hub-ca.pem, the
+                    kubeconfig, the cache and the config (files join did
+                    not write are named and left alone). Stop the edge
+                    first.
 
 EXIT STATUS:
     0 success, 1 failure, 2 bad command line, 78 run with a config file
@@ -182,6 +215,12 @@ fn main() -> ExitCode {
     if args.first().is_some_and(|a| a == "render-config") {
         return render_config(args.get(1..).unwrap_or_default());
     }
+    if args.first().is_some_and(|a| a == "join") {
+        return join(args.get(1..).unwrap_or_default());
+    }
+    if args.first().is_some_and(|a| a == "reset") {
+        return reset(args.get(1..).unwrap_or_default());
+    }
     cli::main(program, check, run, |name, _| {
         Err(format!("unknown report {name:?}"))
     })
@@ -234,6 +273,143 @@ fn render_config(args: &[String]) -> ExitCode {
         }
         Err(e) => {
             eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `join HUB:PORT --token ID.SECRET --ca-hash sha256:HEX [...]`: see
+/// [`identity::join`]; exit codes in HELP.
+fn join(args: &[String]) -> ExitCode {
+    use tether_edge::identity::join as j;
+    let mut hub = None;
+    let (mut token, mut ca_hash, mut node, mut board) = (None, None, None, None);
+    let mut boards = PathBuf::from(j::DEFAULT_BOARDS);
+    let mut config = PathBuf::from("/etc/tether/edge.toml");
+    let mut dir = PathBuf::from(j::DEFAULT_DIR);
+    let mut kubeconfig = PathBuf::from(j::DEFAULT_KUBECONFIG);
+    let mut timeout = std::time::Duration::from_secs(10);
+    let mut force = false;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| match it.next() {
+            Some(v) => Ok(v.clone()),
+            None => Err(usage(&format!("{name} needs a value"))),
+        };
+        let result = match arg.as_str() {
+            "-h" | "--help" => {
+                print!("{HELP}");
+                return ExitCode::SUCCESS;
+            }
+            "--token" => value("--token").map(|v| token = Some(v)),
+            "--ca-hash" => value("--ca-hash").map(|v| ca_hash = Some(v)),
+            "--node-name" => value("--node-name").map(|v| node = Some(v)),
+            "--board" => value("--board").map(|v| board = Some(v)),
+            "--boards" => value("--boards").map(|v| boards = v.into()),
+            "--config" | "-c" => value("--config").map(|v| config = v.into()),
+            "--dir" => value("--dir").map(|v| dir = v.into()),
+            "--kubeconfig" => value("--kubeconfig").map(|v| kubeconfig = v.into()),
+            "--timeout" => value("--timeout").and_then(|v| {
+                tether_conf::parse_duration(&v)
+                    .map(|d| timeout = d)
+                    .map_err(|e| usage(&format!("--timeout: {e}")))
+            }),
+            "--force" => {
+                force = true;
+                Ok(())
+            }
+            other if other.starts_with('-') => Err(usage(&format!("unknown argument {other:?}"))),
+            other if hub.is_none() => {
+                hub = Some(other.to_owned());
+                Ok(())
+            }
+            other => Err(usage(&format!("unexpected argument {other:?}"))),
+        };
+        if let Err(code) = result {
+            return code;
+        }
+    }
+    let Some(hub) = hub else {
+        return usage("join needs the hub's HUB:PORT (as `tether-hub token create --print-join-command` prints it)");
+    };
+    if !hub
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+    {
+        return usage(&format!("{hub:?} is not HOST:PORT"));
+    }
+    let Some(token) = token else {
+        return usage("join needs --token ID.SECRET (from `tether-hub token create`)");
+    };
+    let ca_hash = match ca_hash.as_deref().map(tether_edge::identity::pin::CaHash::parse) {
+        Some(Ok(h)) => h,
+        Some(Err(e)) => return usage(&format!("--ca-hash: {e}")),
+        None => {
+            return usage("join needs --ca-hash sha256:HEX (printed by `tether-hub init` and `token create --print-join-command`): without it the hub cannot be told from an impostor")
+        }
+    };
+    let name = match node {
+        Some(n) => n,
+        None => match nix::unistd::gethostname() {
+            Ok(h) => h.to_string_lossy().to_lowercase(),
+            Err(e) => return usage(&format!("no --node-name and no host name: {e}")),
+        },
+    };
+    let node = match tether_link::topic::NodeName::new(&name) {
+        Ok(n) => n,
+        Err(e) => return usage(&format!("node name: {e}; give one with --node-name")),
+    };
+    let opts = j::JoinOptions {
+        hub,
+        token,
+        ca_hash,
+        node,
+        board,
+        boards,
+        config,
+        dir,
+        kubeconfig,
+        force,
+        timeout,
+    };
+    match j::join(&opts, &mut std::io::stdout()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tether-edge join: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// `reset [--config FILE] [--dir DIR] [--kubeconfig FILE]`: undoes a join.
+fn reset(args: &[String]) -> ExitCode {
+    use tether_edge::identity::join as j;
+    let mut opts = j::ResetOptions {
+        config: PathBuf::from("/etc/tether/edge.toml"),
+        dir: PathBuf::from(j::DEFAULT_DIR),
+        kubeconfig: PathBuf::from(j::DEFAULT_KUBECONFIG),
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let slot = match arg.as_str() {
+            "-h" | "--help" => {
+                print!("{HELP}");
+                return ExitCode::SUCCESS;
+            }
+            "--config" | "-c" => &mut opts.config,
+            "--dir" => &mut opts.dir,
+            "--kubeconfig" => &mut opts.kubeconfig,
+            other => return usage(&format!("unknown argument {other:?}")),
+        };
+        match it.next() {
+            Some(v) => *slot = v.into(),
+            None => return usage(&format!("{arg} needs a value")),
+        }
+    }
+    match j::reset(&opts, &mut std::io::stdout()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tether-edge reset: {e}");
             ExitCode::FAILURE
         }
     }
@@ -329,6 +505,21 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> 
                 health,
             });
             ex.spawn(tether_edge::status::serve(ex.clone(), sources, listener))
+                .detach();
+        }
+        if let (Some(config::Credentials::Certificate { cert, key }), Some(ca), p @ 1..) =
+            (&cfg.hub.credentials, &cfg.hub.ca, cfg.hub.renew_at_percent)
+        {
+            let renewal = tether_edge::identity::renew::Renewal {
+                node: cfg.node.clone(),
+                address: cfg.hub.address.clone(),
+                server_name: cfg.hub.server_name.clone(),
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+                at_percent: p,
+            };
+            ex.spawn(tether_edge::identity::renew::run(renewal))
                 .detach();
         }
         let stop = async {

@@ -56,11 +56,44 @@ pub fn tls_connector(hub: &Hub) -> Result<Option<TlsConnector>, String> {
     Ok(Some(TlsConnector::from(Arc::new(config))))
 }
 
+/// When the files the TLS client is built from last changed: a renewed
+/// certificate (or CA) is picked up at the next connection.
+fn identity_stamp(hub: &Hub) -> Vec<Option<(std::time::SystemTime, u64)>> {
+    let mut files: Vec<&std::path::Path> = hub.ca.iter().map(|p| p.as_path()).collect();
+    if let Some(Credentials::Certificate { cert, key }) = &hub.credentials {
+        files.push(cert);
+        files.push(key);
+    }
+    files
+        .into_iter()
+        .map(|p| {
+            std::fs::metadata(p)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())))
+        })
+        .collect()
+}
+
 /// Runs the link forever: connect, drive, back off, reconnect.
 pub async fn run(link: Link, hub: Hub, cfg: LinkConfig, tls: Option<TlsConnector>) {
     let mut backoff = Backoff::new(cfg.backoff_initial, cfg.backoff_max, random_seed());
     let mut failures = 0u32;
+    let mut tls = tls;
+    let mut stamp = identity_stamp(&hub);
     loop {
+        if tls.is_some() {
+            let now = identity_stamp(&hub);
+            if now != stamp {
+                stamp = now;
+                match tls_connector(&hub) {
+                    Ok(t) => {
+                        info!("the hub certificate files changed: the link uses them from now on");
+                        tls = t;
+                    }
+                    Err(e) => warn!("the hub certificate files changed but do not load, keeping the previous ones: {e}"),
+                }
+            }
+        }
         let started = Instant::now();
         let mut went_up = false;
         let outcome = connect(&hub, &cfg, tls.as_ref())
