@@ -174,6 +174,24 @@ pub struct HubConfig {
     pub egress: Option<Egress>,
     /// The autonomy controller, if configured (issue 6).
     pub autonomy: Option<Autonomy>,
+    /// Joins and renewals of node certificates, if configured (issue 7).
+    pub join: Option<Join>,
+}
+
+/// `[join]` (issue 7): the hub signs node certificates with the CA that
+/// `tether-hub init` made, for edges that bring a bootstrap token (join)
+/// or their current certificate (renewal).
+#[derive(Debug, Clone)]
+pub struct Join {
+    /// The state directory: CA, tokens and node records (`dir`, default
+    /// `/var/lib/tether-hub`).
+    pub dir: PathBuf,
+    /// How long a node certificate is valid (`certificate_lifetime`,
+    /// default 90 days).
+    pub lifetime: Duration,
+    /// How long after its expiry a certificate may still be renewed on its
+    /// key (`renew_grace`, default 30 days); past it the node needs a token.
+    pub grace: Duration,
 }
 
 /// Reads and checks the config file at `path`.
@@ -437,6 +455,28 @@ pub fn parse(text: &str, base: &Path) -> Result<HubConfig, Errors> {
         Some(mut t) => parse_autonomy(&mut t, base, &upstreams, &mut errors),
         None => None,
     };
+    let join = errors.opt(root.table("join")).map(|mut t| {
+        let dir = errors
+            .opt(t.str("dir"))
+            .map_or_else(|| PathBuf::from(crate::pki::DEFAULT_DIR), |d| base.join(d));
+        let day = Duration::from_secs(86_400);
+        let lifetime = errors.opt(t.duration("certificate_lifetime")).unwrap_or(90 * day);
+        if lifetime < Duration::from_secs(60) || lifetime > 3650 * day {
+            errors.push(t.error(
+                "certificate_lifetime",
+                "out of range: 1m to 3650d (edges renew at two thirds of it)",
+            ));
+        }
+        let grace = errors.opt(t.duration("renew_grace")).unwrap_or(30 * day);
+        if grace > 3650 * day {
+            errors.push(t.error("renew_grace", "out of range: 0s to 3650d"));
+        }
+        Join {
+            dir,
+            lifetime,
+            grace,
+        }
+    });
     errors.take(root.finish());
     errors.into_result()?;
     if listen_link.is_none() && broker.is_none() {
@@ -459,6 +499,7 @@ pub fn parse(text: &str, base: &Path) -> Result<HubConfig, Errors> {
         exposes,
         egress,
         autonomy,
+        join,
     })
 }
 
