@@ -460,7 +460,9 @@ pub fn parse(text: &str, base: &Path) -> Result<HubConfig, Errors> {
             .opt(t.str("dir"))
             .map_or_else(|| PathBuf::from(crate::pki::DEFAULT_DIR), |d| base.join(d));
         let day = Duration::from_secs(86_400);
-        let lifetime = errors.opt(t.duration("certificate_lifetime")).unwrap_or(90 * day);
+        let lifetime = errors
+            .opt(t.duration("certificate_lifetime"))
+            .unwrap_or(90 * day);
         if lifetime < Duration::from_secs(60) || lifetime > 3650 * day {
             errors.push(t.error(
                 "certificate_lifetime",
