@@ -127,6 +127,10 @@ pub fn metrics(reg: &Registry) -> String {
     for (label, n) in &c.egress {
         let _ = writeln!(m, "tether_hub_egress_total{{result=\"{label}\"}} {n}");
     }
+    let _ = writeln!(m, "# HELP tether_hub_joins_total Joins and certificate renewals, by outcome (joined, renewed, or why refused).\n# TYPE tether_hub_joins_total counter");
+    for (label, n) in &c.joins {
+        let _ = writeln!(m, "tether_hub_joins_total{{result=\"{label}\"}} {n}");
+    }
     let mut nodes: Vec<_> = reg.nodes.iter().collect();
     nodes.sort_by(|a, b| a.0.cmp(b.0));
     let series: [(&str, &str, &str); 5] = [

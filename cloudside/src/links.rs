@@ -40,6 +40,8 @@ pub struct Hub {
     pub ex: Rc<smol::LocalExecutor<'static>>,
     /// This hub process's sender id on every link.
     pub sender: u32,
+    /// Joins, renewals and revocation (`[join]`), if configured.
+    pub join: Option<crate::join::live::JoinService>,
 }
 
 /// Accepts link connections forever.
@@ -104,7 +106,7 @@ async fn connection(hub: Rc<Hub>, tcp: TcpStream, peer: SocketAddr) {
     let deadline = Instant::now() + hub.cfg.limits.handshake_timeout;
     match &hub.tls {
         None => {
-            let result = handshake(&hub, tcp, peer, None, deadline).await;
+            let result = handshake(&hub, tcp, peer, None, None, deadline).await;
             guard.done();
             if let Some((conn, hello, pending, method)) = result {
                 link(&hub, conn, peer, hello, pending, method).await;
@@ -131,13 +133,16 @@ async fn connection(hub: Rc<Hub>, tcp: TcpStream, peer: SocketAddr) {
                     return;
                 }
             };
-            let cn = stream
+            let leaf = stream
                 .get_ref()
                 .1
                 .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| tether_link::tls::subject_common_name(c));
-            let result = handshake(&hub, stream, peer, cn, deadline).await;
+                .and_then(|c| c.first());
+            let cn = leaf.and_then(|c| tether_link::tls::subject_common_name(c));
+            let serial = leaf
+                .and_then(|c| tether_link::tls::serial_of_certificate(c))
+                .map(<[u8]>::to_vec);
+            let result = handshake(&hub, stream, peer, cn, serial, deadline).await;
             guard.done();
             if let Some((conn, hello, pending, method)) = result {
                 link(&hub, conn, peer, hello, pending, method).await;
@@ -153,6 +158,7 @@ async fn handshake<C>(
     mut conn: C,
     peer: SocketAddr,
     cert_cn: Option<String>,
+    cert_serial: Option<Vec<u8>>,
     deadline: Instant,
 ) -> Option<(C, Hello, Vec<u8>, auth::Method)>
 where
@@ -200,11 +206,24 @@ where
             return None;
         }
     };
+    if hello.username.as_deref() == Some(tether_link::join::USERNAME) {
+        serve_join(hub, conn, peer, hello, deadline).await;
+        return None;
+    }
     let verdict = auth::verdict(&hello, cert_cn.as_deref(), &hub.tokens);
     let refuse =
         |code: ConnectReturnCode, label: &'static str, reason: String| (code, label, reason);
+    let revoked = match (&verdict, &hub.join, &cert_serial) {
+        (Ok(auth::Method::Certificate), Some(join), Some(serial)) => {
+            join.refusal(&hello.node, serial)
+        }
+        _ => None,
+    };
     let problem = match &verdict {
         Err(r) => Some(refuse(r.code, r.label, r.reason.clone())),
+        Ok(_) if revoked.is_some() => revoked
+            .clone()
+            .map(|(label, reason)| refuse(ConnectReturnCode::NotAuthorized, label, reason)),
         // A node replacing its own link does not add one.
         Ok(_)
             if hub.registry.borrow().links_up() >= hub.cfg.limits.max_links
@@ -235,6 +254,66 @@ where
         return None;
     }
     verdict.ok().map(|m| (conn, hello, pending, m))
+}
+
+/// Answers a join or renewal ([`tether_link::join`]) and closes: decided on
+/// the blocking pool (the stores lock and sync files), within the
+/// handshake's deadline.
+async fn serve_join<C>(hub: &Hub, mut conn: C, peer: SocketAddr, hello: Hello, deadline: Instant)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    use tether_link::join::{decode_request, encode_answer, Answer, Refusal};
+    let node = hello.node.clone();
+    let decided = match (&hub.join, hello.password.as_deref().map(decode_request)) {
+        (None, _) => Err((
+            Refusal::Unavailable,
+            "this hub does not issue node certificates: its config has no [join] table".to_string(),
+        )),
+        (Some(_), None) => Err((Refusal::BadRequest, "the join request is empty".to_string())),
+        (Some(_), Some(Err(e))) => Err((Refusal::BadRequest, e.to_string())),
+        (Some(join), Some(Ok(request))) => {
+            let joiner = join.joiner.clone();
+            let who = node.clone();
+            let work = smol::unblock(move || joiner.handle(&who, request, SystemTime::now()));
+            Ok(work
+                .or(async {
+                    async_io::Timer::at(deadline).await;
+                    (
+                        Answer::Refused {
+                            reason: Refusal::Unavailable,
+                            message: "the hub is too busy to decide in time; try again".into(),
+                        },
+                        crate::join::serve::Outcome {
+                            label: "busy",
+                            line: format!("a request from {node} not decided in time"),
+                        },
+                    )
+                })
+                .await)
+        }
+    };
+    let (answer, label, line) = match decided {
+        Ok((answer, outcome)) => (answer, outcome.label, outcome.line),
+        Err((reason, message)) => (
+            Answer::Refused {
+                reason,
+                message: message.clone(),
+            },
+            reason.as_str(),
+            message,
+        ),
+    };
+    hub.registry.borrow_mut().joined(label);
+    match &answer {
+        Answer::Issued { .. } => info!("{line} (from {peer})"),
+        Answer::Refused { .. } => {
+            warn!("refused a join or renewal from {peer} for node {node}: {line}")
+        }
+    }
+    let _ = conn.write_all(&encode_answer(&answer)).await;
+    let _ = conn.flush().await;
+    let _ = conn.close().await;
 }
 
 /// Attaches an authenticated connection to the node's session and drives it.

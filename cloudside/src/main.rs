@@ -737,6 +737,18 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> 
             "no way for nodes to authenticate: set auth.token_file, or tls.client_ca".into(),
         );
     }
+    let join = match &cfg.join {
+        Some(j) => {
+            if cfg.tls.as_ref().is_none_or(|t| t.client_ca.is_none()) {
+                return Err(format!(
+                    "[join] issues node certificates, but [tls] has no client_ca to check them with: set client_ca = \"{}\"",
+                    j.dir.join(pki::CA_CERT).display()
+                ));
+            }
+            Some(join::live::JoinService::open(j)?)
+        }
+        None => None,
+    };
     let broker_tls = match &cfg.broker {
         Some(b) => broker::tls(b)?,
         None => None,
@@ -820,7 +832,9 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> 
             registry: Default::default(),
             ex: ex.clone(),
             sender: tether_link::backoff::random_seed() as u32,
+            join,
         });
+        ex.spawn(join::live::watch(hub.clone())).detach();
         if let Some(l) = admin_listener {
             ex.spawn(admin::serve(hub.clone(), l)).detach();
         }

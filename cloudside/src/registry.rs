@@ -41,6 +41,9 @@ pub struct Counters {
     pub refused: BTreeMap<&'static str, u64>,
     /// Connections dropped before or at CONNECT by reason label.
     pub dropped: BTreeMap<&'static str, u64>,
+    /// Joins and renewals by outcome label (`joined`, `renewed`, or the
+    /// refusal's).
+    pub joins: BTreeMap<&'static str, u64>,
     /// Egress CONNECTs by outcome label (`tunnelled`, or why not).
     pub egress: BTreeMap<&'static str, u64>,
 }
@@ -87,6 +90,11 @@ impl Registry {
             vote,
             linked: self.nodes.get(node).is_some_and(|n| n.linked),
         })
+    }
+
+    /// Counts a join or renewal by outcome.
+    pub fn joined(&mut self, label: &'static str) {
+        *self.counters.joins.entry(label).or_default() += 1;
     }
 
     /// Counts a connection dropped before a link formed.

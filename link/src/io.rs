@@ -50,6 +50,8 @@ struct Inner {
     /// generation has been superseded and leaves the session alone.
     generation: u64,
     superseded_waker: Option<Waker>,
+    /// Set by [`Link::cut`]: why the current driver must stop.
+    cut: Option<String>,
     stats: Stats,
 }
 
@@ -75,6 +77,8 @@ pub enum DriveError {
     Superseded,
     /// The peer broke the protocol, or keepalive found the path dead.
     Link(LinkError),
+    /// This side dropped the connection on purpose ([`Link::cut`]).
+    Cut(String),
 }
 
 impl fmt::Display for DriveError {
@@ -88,6 +92,7 @@ impl fmt::Display for DriveError {
             DriveError::Superseded => {
                 f.write_str("replaced by a newer connection of the same node")
             }
+            DriveError::Cut(why) => write!(f, "dropped by this side: {why}"),
         }
     }
 }
@@ -111,6 +116,7 @@ impl Link {
                 event_waker: None,
                 generation: 0,
                 superseded_waker: None,
+                cut: None,
                 stats: Stats::default(),
             })),
         }
@@ -123,6 +129,18 @@ impl Link {
         inner.dispatch();
         inner.wake_driver();
         r
+    }
+
+    /// Drops the current connection, if any, at once: its driver returns
+    /// [`DriveError::Cut`] with `why`. The session stays (the hub drops a
+    /// revoked node's link this way and refuses its reconnects).
+    pub fn cut(&self, why: &str) {
+        let mut inner = self.inner.borrow_mut();
+        inner.cut = Some(why.to_owned());
+        inner.generation += 1;
+        if let Some(w) = inner.superseded_waker.take() {
+            w.wake();
+        }
     }
 
     /// The link's counters.
@@ -211,6 +229,8 @@ impl Link {
         let generation = {
             let mut inner = self.inner.borrow_mut();
             inner.generation += 1;
+            // A cut meant for the connection before this one.
+            inner.cut = None;
             if let Some(w) = inner.superseded_waker.take() {
                 w.wake();
             }
@@ -228,7 +248,14 @@ impl Link {
         let superseded = futures_lite::future::poll_fn(|cx| {
             let mut inner = self.inner.borrow_mut();
             if inner.generation != generation {
-                Poll::Ready(DriveError::Superseded)
+                match inner.cut.take() {
+                    Some(why) => {
+                        inner.session.disconnected();
+                        inner.dispatch();
+                        Poll::Ready(DriveError::Cut(why))
+                    }
+                    None => Poll::Ready(DriveError::Superseded),
+                }
             } else {
                 inner.superseded_waker = Some(cx.waker().clone());
                 Poll::Pending

@@ -4,8 +4,14 @@
 //! - [`store`]: the state files' rules: mode 0600, a lock, atomic rewrite.
 //! - [`tokens`]: bootstrap tokens (`tether-hub token`), redeemed on join.
 //! - [`nodes`]: certificates issued to nodes, and revocation (`tether-hub node`).
+//! - [`sign`]: the CA that signs node certificates.
+//! - [`serve`]: deciding a join or renewal request.
+//! - [`live`]: the service in the running hub: refusing revoked
+//!   certificates, dropping revoked nodes' links.
 
+pub mod live;
 pub mod nodes;
+pub mod serve;
 pub mod sign;
 pub mod store;
 pub mod tokens;

@@ -92,6 +92,7 @@ fn main() {
             credentials: None,
             broker: false,
             source_address: None,
+            renew_at_percent: 0,
         };
         let tls = uplink::tls_connector(&probe)
             .expect("tls")
