@@ -22,7 +22,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tether_link::topic::NodeName;
 
 /// How far back a certificate's validity starts: a board whose clock is a
-/// little behind must accept a certificate made this second.
+/// little behind must accept a certificate made this second. At most a
+/// tenth of the lifetime, so a short-lived certificate's renewal (due at a
+/// fraction of its whole validity) is not due at once.
 const BACKDATE: Duration = Duration::from_secs(60);
 
 /// The hub's CA, loaded.
@@ -134,7 +136,9 @@ impl Authority {
             .map_err(|_| "no randomness for a serial number".to_string())?;
         // Positive and without a leading zero byte, as DER INTEGERs must be.
         serial[0] = (serial[0] & 0x7f) | 0x40;
-        let not_before = now.checked_sub(BACKDATE).unwrap_or(now);
+        let not_before = now
+            .checked_sub(BACKDATE.min(self.lifetime / 10))
+            .unwrap_or(now);
         let not_after = now + self.lifetime;
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
@@ -195,33 +199,17 @@ fn offset(t: SystemTime) -> Result<time::OffsetDateTime, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::join::store::test_dir::TempDir;
     use ring::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_ASN1_SIGNING};
-
-    pub(crate) struct TempDir(pub std::path::PathBuf);
-    impl TempDir {
-        pub(crate) fn new(tag: &str) -> TempDir {
-            let p = std::env::temp_dir().join(format!(
-                "tether-sign-{tag}-{}-{:?}",
-                std::process::id(),
-                std::time::Instant::now()
-            ));
-            TempDir(p)
-        }
-    }
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     fn authority(tmp: &TempDir, lifetime: Duration) -> Authority {
         pki::init(&pki::InitOptions {
-            dir: tmp.0.clone(),
+            dir: tmp.path().to_path_buf(),
             sans: vec!["hub.test".into()],
             force: false,
         })
         .expect("init");
-        Authority::load(&tmp.0, lifetime).expect("load")
+        Authority::load(tmp.path(), lifetime).expect("load")
     }
 
     fn node_key() -> Vec<u8> {
@@ -256,6 +244,10 @@ mod tests {
         let (from, until) = tether_link::tls::validity_of_certificate(&issued.der).expect("v");
         let unix = now.duration_since(UNIX_EPOCH).expect("now").as_secs() as i64;
         assert_eq!((from, until), (unix - 60, unix + 3600));
+        let short = authority(&TempDir::new("short"), Duration::from_secs(10));
+        let brief = short.issue(&node, &point, now).expect("issue");
+        let (from, until) = tether_link::tls::validity_of_certificate(&brief.der).expect("v");
+        assert_eq!((from, until), (unix - 1, unix + 10));
         ca.verify(&issued.der, now).expect("valid now");
         let later = now + Duration::from_secs(3601);
         assert!(ca.verify(&issued.der, later).is_err(), "expired");
@@ -280,12 +272,12 @@ mod tests {
         let (a, b) = (TempDir::new("ka"), TempDir::new("kb"));
         let _ = authority(&a, Duration::from_secs(60));
         let _ = authority(&b, Duration::from_secs(60));
-        std::fs::copy(b.0.join(pki::CA_KEY), a.0.join(pki::CA_KEY)).expect("copy");
-        let e = Authority::load(&a.0, Duration::from_secs(60))
+        std::fs::copy(b.path().join(pki::CA_KEY), a.path().join(pki::CA_KEY)).expect("copy");
+        let e = Authority::load(a.path(), Duration::from_secs(60))
             .err()
             .expect("refused");
         assert!(e.contains("differ"), "{e}");
-        let e = Authority::load(&a.0.join("nothing"), Duration::from_secs(60))
+        let e = Authority::load(&a.path().join("nothing"), Duration::from_secs(60))
             .err()
             .expect("missing");
         assert!(e.contains("tether-hub init"), "{e}");

@@ -69,6 +69,9 @@ pub async fn run(r: Renewal) {
                     );
                     last_error.clear();
                     retry = RETRY_FIRST;
+                    // Never renew in a tight loop, whatever the new
+                    // certificate's dates say.
+                    async_io::Timer::after(Duration::from_secs(1)).await;
                     continue;
                 }
                 Err((e, refused)) => {
