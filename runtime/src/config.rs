@@ -336,8 +336,12 @@ fn parse_with(text: &str, base: &Path, files: Files) -> Result<EdgeConfig, Error
     let health = match errors.opt(root.table("health")) {
         Some(mut t) => read_health(
             &mut t,
-            node.as_ref(),
-            unit.as_deref(),
+            Around {
+                node: node.as_ref(),
+                unit: unit.as_deref(),
+                apiserver: apiserver.is_some(),
+                cache: proxy.cache.as_deref(),
+            },
             base,
             files,
             &mut errors,
@@ -499,23 +503,58 @@ fn read_hub(t: &mut Table<'_>, base: &Path, files: Files, errors: &mut Errors) -
     })
 }
 
-/// Reads `[health]`. The unit comes from the top-level `unit`; the key from
+/// What `[health]` depends on outside its table.
+#[derive(Clone, Copy)]
+struct Around<'a> {
+    node: Option<&'a NodeName>,
+    /// The top-level `unit`.
+    unit: Option<&'a str>,
+    /// Whether `[apiserver]` is configured (a unit from a node label is read
+    /// from it).
+    apiserver: bool,
+    /// `[proxy] cache`: the saved membership goes next to it.
+    cache: Option<&'a Path>,
+}
+
+/// The file the membership read from a node label is saved in, in the
+/// cache's folder.
+pub const HEALTH_UNIT_FILE: &str = "health-unit";
+
+/// Reads `[health]`. The unit comes from the top-level `unit` with `peers`,
+/// or from a node label (`unit_label`), exactly one of the two; the key from
 /// `key_file`, which has no default (see [`read_unit_key`]). With
 /// [`Files::Skip`] every key is checked but no config is built, since the
 /// key file is not read.
 fn read_health(
     t: &mut Table<'_>,
-    node: Option<&NodeName>,
-    unit: Option<&str>,
+    around: Around<'_>,
     base: &Path,
     files: Files,
     errors: &mut Errors,
 ) -> Option<health::Config> {
-    if unit.is_none() {
-        errors.push(t.error(
+    const EITHER: &str = "give either the top-level unit = \"...\" with [health] peers (the \
+                          unit from this file), or [health] unit_label = \"...\" (the unit \
+                          from a node label)";
+    let unit_label = errors.opt(t.str("unit_label"));
+    let has_peers = t.keys().contains(&"peers");
+    match (unit_label, around.unit) {
+        (None, None) => errors.push(t.error(
             "",
-            "[health] needs the top-level unit = \"...\": every health message names its \
-             unit, and only members of the same unit vote on each other",
+            format!(
+                "[health] needs its unit: every health message names its unit, and only \
+                 members of the same unit vote on each other; {EITHER}"
+            ),
+        )),
+        (Some(_), Some(_)) => errors.push(t.error(
+            "unit_label",
+            format!("the top-level unit is given too; {EITHER}, not both"),
+        )),
+        _ => {}
+    }
+    if unit_label.is_some() && has_peers {
+        errors.push(t.error(
+            "peers",
+            format!("unit_label is given too; {EITHER}, not both"),
         ));
     }
     let listen = match errors.opt(t.str("listen")) {
@@ -567,7 +606,14 @@ fn read_health(
     };
     let dead_after = count("dead_after", health::DEFAULT_DEAD_AFTER);
     let alive_after = count("alive_after", health::DEFAULT_ALIVE_AFTER);
-    let peers = read_health_peers(t, node, errors);
+    let label = read_unit_label(t, unit_label, around, listen, errors);
+    let peers = if unit_label.is_some() {
+        // Refused above; read so that it is not also an unknown key.
+        let _ = t.str_array("peers");
+        Some(Vec::new())
+    } else {
+        read_health_peers(t, around.node, errors)
+    };
     let key_file = errors.opt(t.str("key_file")).map(|p| base.join(p));
     let key = match (&key_file, files) {
         (None, _) => {
@@ -593,10 +639,106 @@ fn read_health(
         interval: interval?,
         key: key?,
         peers: peers?,
+        label: label?,
         dead_after: dead_after?,
         alive_after: alive_after?,
         max_skew: max_skew?,
     })
+}
+
+/// `[health] unit_label` with `peer_port` and `refresh`: `Some(None)`
+/// without a label (the two others are then refused), `None` after an error.
+fn read_unit_label(
+    t: &mut Table<'_>,
+    unit_label: Option<&str>,
+    around: Around<'_>,
+    listen: Option<SocketAddr>,
+    errors: &mut Errors,
+) -> Option<Option<health::members::UnitLabel>> {
+    let peer_port = errors.opt(t.u64("peer_port"));
+    let refresh = errors.opt(t.duration("refresh"));
+    let Some(key) = unit_label else {
+        for (given, k) in [
+            (peer_port.is_some(), "peer_port"),
+            (refresh.is_some(), "refresh"),
+        ] {
+            if given {
+                errors.push(t.error(
+                    k,
+                    "only with unit_label: with [health] peers each peer names its port",
+                ));
+            }
+        }
+        return Some(None);
+    };
+    let mut ok = true;
+    if let Err(why) = check_qualified_label_key(key) {
+        errors.push(t.error(
+            "unit_label",
+            format!("{key:?} is not a Kubernetes label key: {why}"),
+        ));
+        ok = false;
+    }
+    if !around.apiserver {
+        errors.push(t.error(
+            "unit_label",
+            "needs [apiserver]: the edge reads its Node and the unit's Nodes from \
+             kube-apiserver with the node's credentials",
+        ));
+        ok = false;
+    }
+    let peer_port = match peer_port {
+        Some(p) => match u16::try_from(p) {
+            Ok(p) if p > 0 => Some(p),
+            _ => {
+                errors.push(t.error("peer_port", format!("{p} is not a UDP port (1-65535)")));
+                None
+            }
+        },
+        None => listen.map(|l| l.port()),
+    };
+    let refresh = match refresh {
+        Some(d) if d < Duration::from_secs(1) || d > Duration::from_secs(3600) => {
+            errors.push(t.error("refresh", "must be from 1 s to 3600 s"));
+            None
+        }
+        Some(d) => Some(d),
+        None => Some(health::members::DEFAULT_REFRESH),
+    };
+    let label = health::members::UnitLabel {
+        key: key.to_owned(),
+        peer_port: peer_port?,
+        refresh: refresh?,
+        state_file: around.cache.map(|c| c.with_file_name(HEALTH_UNIT_FILE)),
+    };
+    ok.then_some(Some(label))
+}
+
+/// A Kubernetes label key with an optional prefix, `prefix/name`: the prefix
+/// a DNS subdomain (at most 253 characters of lowercase letters, digits,
+/// '-' and '.'), the name as [`check_label_key`] checks it.
+fn check_qualified_label_key(key: &str) -> Result<(), String> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    if let Some(p) = prefix {
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if p.is_empty() || p.len() > 253 || !p.split('.').all(label_ok) {
+            return Err(format!(
+                "its prefix {p:?} is not a DNS subdomain (lowercase letters, digits, '-' and \
+                 '.', like example.com)"
+            ));
+        }
+    }
+    check_label_key(name)
 }
 
 /// `[health] peers`: the unit's other members as `"name=host:port"`, each
@@ -1331,7 +1473,7 @@ mod tests {
              peers = [\"edge-2\", \"Edge_3=a:1\", \"edge-4=nohost\", \"edge-1=a:1\", \"edge-5=a:1\", \"edge-5=b:2\"]\n"
         ));
         for needle in [
-            "line 5: health: [health] needs the top-level unit",
+            "line 5: health: [health] needs its unit",
             "line 7: health.listen: \"nowhere\" is not an address",
             "line 8: health.interval: must be from 2 s to 3600 s",
             "line 9: health.dead_after: must be from 1 to 100",
@@ -1356,6 +1498,126 @@ mod tests {
             "unit = \"u\"\n{MINIMAL}[health]\nkey_file = \"k\"\n"
         ));
         assert!(e.contains("health.peers: missing"), "{e}");
+    }
+
+    const APISERVER: &str = "[apiserver]\nca = \"ca.pem\"\ncert = \"k.pem\"\nkey = \"k.pem\"\n";
+
+    #[test]
+    fn health_unit_from_a_node_label() {
+        let dir = key_dir("health-label", &[7; 32], 0o600);
+        let text = format!(
+            "{MINIMAL}{APISERVER}[proxy]\ncache = \"/var/lib/tether/cache.db\"\n[health]\n\
+             key_file = \"unit.key\"\nlisten = \"127.0.0.2:9000\"\nunit_label = \"tether.io/unit\"\n"
+        );
+        let c = parse(&text, &dir).expect("valid");
+        assert_eq!(c.unit, None);
+        let h = c.health.expect("health");
+        assert!(h.peers.is_empty());
+        assert_eq!(
+            h.label,
+            Some(health::members::UnitLabel {
+                key: "tether.io/unit".into(),
+                // The own health port by default.
+                peer_port: 9000,
+                refresh: Duration::from_secs(60),
+                state_file: Some(PathBuf::from("/var/lib/tether/health-unit")),
+            })
+        );
+        let c = parse(
+            &format!("{text}peer_port = 10263\nrefresh = \"5s\"\n"),
+            &dir,
+        )
+        .expect("valid");
+        let label = c.health.and_then(|h| h.label).expect("label");
+        assert_eq!(
+            (label.peer_port, label.refresh),
+            (10263, Duration::from_secs(5))
+        );
+        // A bare key, and no cache: nothing saved.
+        let c = parse(
+            &format!(
+                "{MINIMAL}{APISERVER}[health]\nkey_file = \"unit.key\"\nunit_label = \"unit\"\n"
+            ),
+            &dir,
+        )
+        .expect("valid");
+        let label = c.health.and_then(|h| h.label).expect("label");
+        assert_eq!((label.key.as_str(), label.state_file), ("unit", None));
+        // The file form has no label.
+        let c = parse(&format!("unit = \"bench-a\"\n{MINIMAL}{HEALTH}"), &dir).expect("valid");
+        assert_eq!(c.health.expect("health").label, None);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn health_unit_forms_exclusive() {
+        // Both forms.
+        let e = errors(&format!(
+            "unit = \"bench-a\"\n{MINIMAL}{APISERVER}{HEALTH}unit_label = \"tether.io/unit\"\n"
+        ));
+        assert!(
+            e.contains("health.unit_label: the top-level unit is given too; give either")
+                && e.contains("health.peers: unit_label is given too"),
+            "{e}"
+        );
+        // Neither.
+        let e = errors(&format!("{MINIMAL}{APISERVER}[health]\nkey_file = \"k\"\n"));
+        assert!(
+            e.contains("health: [health] needs its unit")
+                && e.contains("[health] unit_label = \"...\" (the unit from a node label)"),
+            "{e}"
+        );
+        // The label's own keys only go with it.
+        let e = errors(&format!(
+            "unit = \"bench-a\"\n{MINIMAL}{HEALTH}peer_port = 1\nrefresh = \"5s\"\n"
+        ));
+        assert!(
+            e.contains("health.peer_port: only with unit_label")
+                && e.contains("health.refresh: only with unit_label"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn health_unit_label_checked() {
+        let label = |value: &str, extra: &str| {
+            errors(&format!(
+                "{MINIMAL}{APISERVER}[health]\nkey_file = \"k\"\nunit_label = {value}\n{extra}"
+            ))
+        };
+        for (bad, why) in [
+            (
+                "\"Tether.io/unit\"",
+                "its prefix \"Tether.io\" is not a DNS subdomain",
+            ),
+            ("\"/unit\"", "its prefix \"\" is not a DNS subdomain"),
+            ("\"tether.io/\"", "it has 0 characters"),
+            ("\"tether.io/a/b\"", "'/' is not allowed"),
+            ("\"tether.io/unit=site-a\"", "'=' is not allowed"),
+            ("\"-unit\"", "must start and end with a letter or digit"),
+            ("\"\"", "it has 0 characters"),
+        ] {
+            let e = label(bad, "");
+            assert!(
+                e.contains("line 11: health.unit_label:")
+                    && e.contains("is not a Kubernetes label key")
+                    && e.contains(why),
+                "{bad}: {e}"
+            );
+        }
+        let long = format!("\"tether.io/{}\"", "a".repeat(64));
+        assert!(label(&long, "").contains("it has 64 characters"));
+        let e = label("\"u\"", "peer_port = 0\nrefresh = \"2h\"\n");
+        assert!(
+            e.contains("health.peer_port: 0 is not a UDP port")
+                && e.contains("health.refresh: must be from 1 s to 3600 s"),
+            "{e}"
+        );
+        // Without [apiserver] there is nowhere to read the label from.
+        let e = errors(&format!(
+            "{MINIMAL}[health]\nkey_file = \"k\"\nunit_label = \"tether.io/unit\"\n"
+        ));
+        assert!(e.contains("health.unit_label: needs [apiserver]"), "{e}");
     }
 
     #[test]

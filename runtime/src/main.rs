@@ -483,9 +483,26 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> 
             proxy = Some(p);
         }
         let mut health = None;
-        if let (Some(h), Some(unit)) = (&cfg.health, &cfg.unit) {
+        if let Some(h) = &cfg.health {
+            let unit = if h.label.is_some() {
+                None
+            } else {
+                cfg.unit.as_deref()
+            };
             let mut port =
                 tether_edge::health::io::HealthPort::bind(cfg.node.clone(), unit, h).await?;
+            if let (Some(label), Some(api)) = (&h.label, &cfg.apiserver) {
+                // The unit from a node label, read with the node's own
+                // credentials on connections of its own.
+                let link = api.direct.is_none().then(|| link.clone());
+                let client = tether_edge::apiclient::ApiClient::new(api.clone(), link)?;
+                port.follow(tether_edge::health::members::Source::new(
+                    client,
+                    &api.server_name,
+                    cfg.node.clone(),
+                    label.clone(),
+                ));
+            }
             health = Some(port.view());
             if let Some(p) = &proxy {
                 // Node awareness: offline, the proxy leaves out the

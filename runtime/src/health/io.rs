@@ -17,6 +17,14 @@
 //!   resolve gets no probes, so it is judged dead like any peer that does
 //!   not answer.
 //!
+//! With `[health] unit_label` a fourth, **members**, reads the unit and its
+//! members from kube-apiserver at start and every `refresh`
+//! ([`members::Source`]) and hands changes to [`Health::set_members`],
+//! logging each change once. While kube-apiserver cannot be reached the
+//! last membership stays; the last one read is saved next to the proxy's
+//! cache, and an edge that starts cut off starts from it. Until some
+//! membership is known the edge probes no one and reports nothing.
+//!
 //! # Reports
 //!
 //! Each report is one short stream to the reserved upstream
@@ -31,6 +39,7 @@
 //! At most one report is in flight, and one that takes longer than
 //! [`REPORT_TIMEOUT`] is given up until the next.
 
+use super::members::{self, Membership, Source};
 use super::{wire, Config, Datagram, Event, Health, PeerAddr};
 use futures_lite::io::AsyncWriteExt;
 use futures_lite::FutureExt;
@@ -72,6 +81,11 @@ pub struct HealthPort {
     own: NodeName,
     /// Where the nodes the unit votes dead go (node awareness).
     dead_out: Option<DeadOut>,
+    /// Where the unit comes from with `[health] unit_label`.
+    source: Option<Source>,
+    /// Wakes the probe loop when the members changed (new peers are due
+    /// at once).
+    wake: (Sender<()>, Receiver<()>),
 }
 
 /// The receiver of the dead set and what it was last given.
@@ -91,6 +105,9 @@ struct Shared {
     resolved: BTreeMap<NodeName, SocketAddr>,
     /// Peers a send failed to, until one succeeds (logged once each way).
     send_failing: BTreeSet<NodeName>,
+    /// The unit is known: always with `unit`, once read with `unit_label`.
+    /// Until then nothing is probed or reported.
+    known: bool,
 }
 
 /// What the status port shows of the health peer; cheap to clone.
@@ -122,12 +139,19 @@ impl View {
 
 impl HealthPort {
     /// Binds `config.listen` and starts the state machine of `own` in `unit`
-    /// (its first probes are due at once). The error names the key and says
-    /// why, for the caller to stop with.
-    pub async fn bind(own: NodeName, unit: &str, config: &Config) -> Result<HealthPort, String> {
+    /// (its first probes are due at once); with `None` (the unit comes from
+    /// a node label, see [`HealthPort::follow`]) it waits for its unit. The
+    /// error names the key and says why, for the caller to stop with.
+    pub async fn bind(
+        own: NodeName,
+        unit: Option<&str>,
+        config: &Config,
+    ) -> Result<HealthPort, String> {
         let socket = UdpSocket::bind(config.listen)
             .await
             .map_err(|e| format!("health.listen {}: {e}", config.listen))?;
+        let known = unit.is_some();
+        let unit = unit.unwrap_or("");
         let health = Health::new(own.clone(), unit, config, unix_ms(), Instant::now());
         // Address literals need no lookup; host names wait for `resolve`.
         let resolved = config
@@ -135,10 +159,18 @@ impl HealthPort {
             .iter()
             .filter_map(|p| Some((p.name.clone(), p.addr.parse().ok()?)))
             .collect();
+        let members = match &config.label {
+            Some(l) => format!(
+                "unit and members from node label {} (read every {} s, peers' port {})",
+                l.key,
+                l.refresh.as_secs(),
+                l.peer_port
+            ),
+            None => format!("unit {unit}, {} peers", config.peers.len()),
+        };
         info!(
-            "health peer: listening on {} (UDP), unit {unit}, {} peers, probing every {} s",
+            "health peer: listening on {} (UDP), {members}, probing every {} s",
             config.listen,
-            config.peers.len(),
             config.interval.as_secs_f64()
         );
         Ok(HealthPort {
@@ -149,12 +181,21 @@ impl HealthPort {
                 reports_sent: 0,
                 resolved,
                 send_failing: BTreeSet::new(),
+                known,
             })),
             socket,
             peers: config.peers.clone(),
             own,
             dead_out: None,
+            source: None,
+            wake: smol::channel::bounded(1),
         })
+    }
+
+    /// Takes the unit and its members from `source` (`[health]
+    /// unit_label`): see the module docs.
+    pub fn follow(&mut self, source: Source) {
+        self.source = Some(source);
     }
 
     /// Hands `publish` the nodes the unit votes dead by this edge's own
@@ -205,6 +246,7 @@ impl HealthPort {
         self.probe(changed)
             .or(self.report(link, on_change))
             .or(self.resolve())
+            .or(self.members())
             .await
     }
 
@@ -221,7 +263,13 @@ impl HealthPort {
                     .flatten()
                     .min()
             };
+            let wake_up = &self.wake.1;
             let received = async { Some(self.socket.recv_from(&mut buf).await) }
+                .or(async {
+                    // The members changed: new peers are due now.
+                    let _ = wake_up.recv().await;
+                    None
+                })
                 .or(async {
                     match wake {
                         Some(at) => {
@@ -340,7 +388,9 @@ impl HealthPort {
         let mut failing = false;
         loop {
             let up = link.with_session(|s| s.is_up());
-            if up && (owed || !was_up || Instant::now() >= next) {
+            // A unit not known yet has nothing to report.
+            let known = self.shared.borrow().known;
+            if up && known && (owed || !was_up || Instant::now() >= next) {
                 let report = self.shared.borrow_mut().health.report();
                 let seq = report.seq;
                 match send_report(&link, &report).await {
@@ -364,7 +414,11 @@ impl HealthPort {
                 next = Instant::now() + interval;
             }
             was_up = up;
-            let wake = if up { next } else { Instant::now() + LINK_POLL };
+            let wake = if up && known {
+                next
+            } else {
+                Instant::now() + LINK_POLL
+            };
             let change = async { on_change.recv().await.is_ok() }
                 .or(async {
                     async_io::Timer::at(wake).await;
@@ -431,6 +485,123 @@ impl HealthPort {
             }
             async_io::Timer::after(RESOLVE_EVERY).await;
         }
+    }
+}
+
+impl HealthPort {
+    /// The members loop (`[health] unit_label`, see the module docs).
+    async fn members(&self) {
+        let Some(source) = &self.source else {
+            return std::future::pending().await;
+        };
+        let (label, own) = (source.label(), source.own());
+        let mut saved: Option<Membership> = None;
+        match label.state_file.as_deref() {
+            Some(path) => match members::load_state(path, &label.key, own) {
+                Ok(Some(m)) => {
+                    info!(
+                        "health unit {}: starting from the membership saved in {} until \
+                         kube-apiserver answers",
+                        m.unit,
+                        path.display()
+                    );
+                    self.apply(&m).await;
+                    saved = Some(m);
+                }
+                Ok(None) => {}
+                Err(e) => warn!("health unit: the saved membership is not used: {e}"),
+            },
+            None => info!(
+                "health unit: [proxy] has no cache, so the membership read from node label {} \
+                 is not kept across restarts",
+                label.key
+            ),
+        }
+        let mut failing = false;
+        loop {
+            match source.fetch().await {
+                Ok(m) => {
+                    if std::mem::take(&mut failing) {
+                        info!("health unit: membership read from kube-apiserver again");
+                    }
+                    self.apply(&m).await;
+                    if saved.as_ref() != Some(&m) {
+                        if let Some(path) = &label.state_file {
+                            let text = members::encode_state(&label.key, &m);
+                            if let Err(e) = members::save_state(path, &text) {
+                                warn!("health unit: cannot save the membership: {e}");
+                            }
+                        }
+                        saved = Some(m);
+                    }
+                }
+                Err(e) => {
+                    if !std::mem::replace(&mut failing, true) {
+                        let unit = self.shared.borrow().health.unit().to_owned();
+                        let now = if self.shared.borrow().known {
+                            format!("keeping unit {unit} as last read")
+                        } else {
+                            "the health peer waits: no unit is known yet (none saved either), \
+                             so it probes and reports nothing"
+                                .to_owned()
+                        };
+                        warn!(
+                            "health unit: cannot read the unit from node label {}: {e}; {now}; \
+                             trying again every {} s",
+                            label.key,
+                            label.refresh.as_secs()
+                        );
+                    }
+                }
+            }
+            async_io::Timer::after(label.refresh).await;
+        }
+    }
+
+    /// Makes `m` the unit's membership: the state machine's members (the
+    /// change logged once), where the peers are (host names looked up now:
+    /// they are read again every refresh anyway), and wakes the probe loop.
+    async fn apply(&self, m: &Membership) {
+        let changed = {
+            let mut s = self.shared.borrow_mut();
+            s.known = true;
+            s.health.set_members(&m.unit, &m.peers, Instant::now())
+        };
+        if let Some(change) = changed {
+            info!("{change}");
+        }
+        let ipv4 = self
+            .socket
+            .local_addr()
+            .map(|a| a.is_ipv4())
+            .unwrap_or(true);
+        let mut resolved = BTreeMap::new();
+        for p in &m.peers {
+            let found = match p.addr.parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) if p.addr.is_empty() => None,
+                Err(_) => smol::net::resolve(p.addr.as_str())
+                    .await
+                    .ok()
+                    .and_then(|list| {
+                        list.iter()
+                            .find(|a| a.is_ipv4() == ipv4)
+                            .or(list.first())
+                            .copied()
+                    }),
+            };
+            match found {
+                Some(addr) => {
+                    resolved.insert(p.name.clone(), addr);
+                }
+                None => debug!(
+                    "health peer {}: no address to probe ({:?}); it counts as unanswered",
+                    p.name, p.addr
+                ),
+            }
+        }
+        self.shared.borrow_mut().resolved = resolved;
+        let _ = self.wake.0.try_send(());
     }
 }
 

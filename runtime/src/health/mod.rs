@@ -59,11 +59,12 @@
 //! change adds one push of n − 1 messages of 88 bytes, once.
 
 pub mod io;
+pub mod members;
 pub mod peer;
 pub mod wire;
 
 use peer::{Change, Probing, Timing};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tether_link::health::{tally, Verdict, VerdictReport, Vote, MAX_UNIT_MEMBERS};
@@ -107,8 +108,12 @@ pub struct Config {
     pub interval: Duration,
     /// The unit's key, read from `key_file`.
     pub key: UnitKey,
-    /// The unit's other members (at most [`MAX_UNIT_MEMBERS`] − 1).
+    /// The unit's other members (at most [`MAX_UNIT_MEMBERS`] − 1); empty
+    /// when they come from a node label (`label`).
     pub peers: Vec<PeerAddr>,
+    /// The unit and its members from a Kubernetes node label instead of
+    /// the top-level `unit` and `peers` (`[health] unit_label`).
+    pub label: Option<members::UnitLabel>,
     /// Consecutive failed probes before a peer is dead.
     pub dead_after: u32,
     /// Consecutive answered probes before a dead peer is alive again.
@@ -160,6 +165,40 @@ impl std::fmt::Display for Event {
                  (each one's peers plus itself)"
             ),
         }
+    }
+}
+
+/// The unit's members changed ([`Health::set_members`]): what to log, once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembersChanged {
+    /// The unit now.
+    pub unit: String,
+    /// The unit before, when this node was in another one.
+    pub old_unit: Option<String>,
+    /// The members now, this node included, sorted by name.
+    pub members: Vec<NodeName>,
+    /// Members that joined.
+    pub joined: Vec<NodeName>,
+    /// Members that left.
+    pub left: Vec<NodeName>,
+}
+
+impl std::fmt::Display for MembersChanged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "health unit {}: members now", self.unit)?;
+        for m in &self.members {
+            write!(f, " {m}")?;
+        }
+        let changes: Vec<String> = (self.joined.iter().map(|m| format!("+{m}")))
+            .chain(self.left.iter().map(|m| format!("-{m}")))
+            .collect();
+        if !changes.is_empty() {
+            write!(f, " ({})", changes.join(" "))?;
+        }
+        if let Some(old) = &self.old_unit {
+            write!(f, "; this node was in unit {old} before")?;
+        }
+        Ok(())
     }
 }
 
@@ -242,6 +281,86 @@ impl Health {
     /// The unit's members, this node included, sorted by name.
     pub fn members(&self) -> &[NodeName] {
         self.members.names()
+    }
+
+    /// The unit's name (empty while a unit from a node label is not known).
+    pub fn unit(&self) -> &str {
+        &self.unit
+    }
+
+    /// Makes `peers` the unit's other members and `unit` its name from
+    /// `now` on (the unit from a node label was read again). A member that
+    /// stays keeps its probing, verdict, the verdicts it sent and its replay
+    /// state (its address is updated); one that left is forgotten, with its
+    /// verdicts in the others' reports; one that joined starts with no
+    /// verdict and is probed at once. Returns what changed, `None` when the
+    /// members and the unit are the same (addresses may still change).
+    pub fn set_members(
+        &mut self,
+        unit: &str,
+        peers: &[PeerAddr],
+        now: Instant,
+    ) -> Option<MembersChanged> {
+        let mut new: BTreeMap<NodeName, String> = BTreeMap::new();
+        for p in peers.iter().filter(|p| p.name != self.own) {
+            if new.len() < MAX_UNIT_MEMBERS - 1 {
+                new.entry(p.name.clone()).or_insert_with(|| p.addr.clone());
+            }
+        }
+        let same_names =
+            self.peers.len() == new.len() && self.peers.iter().all(|p| new.contains_key(&p.name));
+        if same_names && unit == self.unit {
+            for p in &mut self.peers {
+                if let Some(addr) = new.get(&p.name) {
+                    addr.clone_into(&mut p.addr);
+                }
+            }
+            return None;
+        }
+        let mut old: BTreeMap<NodeName, Peer> =
+            self.peers.drain(..).map(|p| (p.name.clone(), p)).collect();
+        let mut joined = Vec::new();
+        for (name, addr) in new {
+            let peer = match old.remove(&name) {
+                Some(mut kept) => {
+                    kept.addr = addr;
+                    kept
+                }
+                None => {
+                    joined.push(name.clone());
+                    Peer {
+                        name,
+                        addr,
+                        probing: Probing::new(now),
+                        heard: None,
+                        members_differ: false,
+                    }
+                }
+            };
+            self.peers.push(peer);
+        }
+        let names: Vec<NodeName> = self.peers.iter().map(|p| p.name.clone()).collect();
+        self.members = Members::new(&self.own, &names);
+        self.receiver.set_members(unit, &names);
+        self.sender.set_unit(unit);
+        let members = self.members.names();
+        for p in &mut self.peers {
+            if let Some((_, verdicts)) = &mut p.heard {
+                verdicts.retain(|(n, _)| members.binary_search(n).is_ok());
+            }
+            // Compared against the new list from the next message on.
+            p.members_differ = false;
+        }
+        let old_unit =
+            (!self.unit.is_empty() && self.unit != unit).then(|| std::mem::take(&mut self.unit));
+        unit.clone_into(&mut self.unit);
+        Some(MembersChanged {
+            unit: self.unit.clone(),
+            old_unit,
+            members: members.to_vec(),
+            joined,
+            left: old.into_keys().collect(),
+        })
     }
 
     /// When [`Health::handle_timeout`] is next due; `None` in a unit of one,
@@ -448,6 +567,7 @@ mod tests {
                     addr: format!("{p}:10263"),
                 })
                 .collect(),
+            label: None,
             dead_after: DEFAULT_DEAD_AFTER,
             alive_after: DEFAULT_ALIVE_AFTER,
             max_skew: DEFAULT_MAX_SKEW,
@@ -752,6 +872,131 @@ mod tests {
             .handle_datagram(start, NOW_MS, &answer.bytes)
             .expect_err("replay");
         assert!(matches!(e, wire::Error::Replayed { .. }), "{e}");
+    }
+
+    fn addrs(names: &[&str]) -> Vec<PeerAddr> {
+        names
+            .iter()
+            .map(|p| PeerAddr {
+                name: n(p),
+                addr: format!("{p}:10263"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn set_members_keeps_those_that_stay_and_drops_those_that_left() {
+        let members = names("e", 4);
+        let mut unit = Unit::new("bench-a", &members, DEFAULT_INTERVAL);
+        unit.run_until(unit.start + DEFAULT_INTERVAL);
+        let now = unit.now;
+        // A message e02 sent e01, already accepted: a replay later.
+        let e02 = unit.nodes.get_mut(&n("e02")).expect("node");
+        let bits = e02.own_bits();
+        let from_e02 = e02.sender.seal(NOW_MS + 2, Body::Verdicts(bits));
+        let e04 = unit.nodes.get_mut(&n("e04")).expect("node");
+        let from_e04 = e04.sender.seal(NOW_MS + 1, Body::Probe { nonce: 1 });
+        let h = unit.nodes.get_mut(&n("e01")).expect("node");
+        h.handle_datagram(now, NOW_MS + 2, &from_e02)
+            .expect("valid");
+        let change = h
+            .set_members("bench-a", &addrs(&["e02", "e03", "e05", "e01"]), now)
+            .expect("a change");
+        assert_eq!(
+            change.to_string(),
+            "health unit bench-a: members now e01 e02 e03 e05 (+e05 -e04)"
+        );
+        assert_eq!(h.members(), &[n("e01"), n("e02"), n("e03"), n("e05")][..]);
+        // Verdicts on those that stay are kept; e05 has none yet, and is due.
+        assert_eq!(
+            h.verdicts(),
+            vec![(n("e02"), Verdict::Alive), (n("e03"), Verdict::Alive)]
+        );
+        assert!(h.poll_timeout().is_some_and(|t| t <= now));
+        let probes: Vec<NodeName> = h
+            .handle_timeout(now, NOW_MS)
+            .into_iter()
+            .map(|d| d.to)
+            .collect();
+        assert_eq!(probes, vec![n("e05")]);
+        // Replay state of those that stay is kept; those that left are strangers.
+        let e = h
+            .handle_datagram(now, NOW_MS + 2, &from_e02)
+            .expect_err("replay");
+        assert!(matches!(e, wire::Error::Replayed { .. }), "{e}");
+        let e = h
+            .handle_datagram(now, NOW_MS + 1, &from_e04)
+            .expect_err("left");
+        assert!(matches!(e, wire::Error::NotMember { .. }), "{e}");
+        // The vote is over the new members; e04's opinions are gone.
+        let votes = h.votes(now);
+        assert_eq!(votes.len(), 4);
+        assert!(!votes.iter().any(|(m, _)| m.as_str() == "e04"));
+        // The same members again (in another order, an address changed):
+        // nothing to log.
+        let mut again = addrs(&["e05", "e03", "e02"]);
+        again[0].addr = "10.0.0.5:10263".into();
+        assert_eq!(h.set_members("bench-a", &again, now), None);
+        let to_e05 = h
+            .handle_timeout(now + DEFAULT_INTERVAL, NOW_MS)
+            .into_iter()
+            .find(|d| d.to.as_str() == "e05")
+            .expect("a probe");
+        assert_eq!(to_e05.addr, "10.0.0.5:10263");
+    }
+
+    #[test]
+    fn set_members_from_no_unit_and_to_another_unit() {
+        let start = Instant::now();
+        let (a, b) = (n("a"), n("b"));
+        // Waiting for its unit: nothing to probe.
+        let mut ha = Health::new(a.clone(), "", &config(&[], DEFAULT_INTERVAL), NOW_MS, start);
+        assert_eq!(ha.poll_timeout(), None);
+        let change = ha
+            .set_members("site-a", &addrs(&["b"]), start)
+            .expect("a change");
+        assert_eq!(change.old_unit, None);
+        assert_eq!(
+            change.to_string(),
+            "health unit site-a: members now a b (+b)"
+        );
+        assert_eq!(ha.unit(), "site-a");
+        // It now talks to b in site-a.
+        let mut hb = Health::new(
+            b.clone(),
+            "site-a",
+            &config(std::slice::from_ref(&a), DEFAULT_INTERVAL),
+            NOW_MS,
+            start,
+        );
+        let probe = ha.handle_timeout(start, NOW_MS).pop().expect("probe");
+        let answer = hb
+            .handle_datagram(start, NOW_MS, &probe.bytes)
+            .expect("valid")
+            .expect("answer");
+        ha.handle_datagram(start, NOW_MS, &answer.bytes)
+            .expect("valid");
+        assert_eq!(ha.verdicts(), vec![(b.clone(), Verdict::Alive)]);
+        // Moved to site-b with the same peer: messages name site-b, which b
+        // (still in site-a) refuses; a's verdict on b stays until probes say.
+        let change = ha
+            .set_members("site-b", &addrs(&["b"]), start)
+            .expect("a change");
+        assert_eq!(change.old_unit.as_deref(), Some("site-a"));
+        assert!(change
+            .to_string()
+            .ends_with("this node was in unit site-a before"));
+        assert_eq!(ha.verdicts(), vec![(b, Verdict::Alive)]);
+        let later = start + DEFAULT_INTERVAL;
+        let probe = ha
+            .handle_timeout(later, NOW_MS + 25_000)
+            .pop()
+            .expect("probe");
+        let e = hb
+            .handle_datagram(later, NOW_MS + 25_000, &probe.bytes)
+            .expect_err("other unit");
+        assert!(matches!(e, wire::Error::WrongUnit { .. }), "{e}");
+        assert_eq!(ha.report().unit, "site-b");
     }
 
     #[test]

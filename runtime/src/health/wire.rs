@@ -323,6 +323,12 @@ impl Sender {
         seq
     }
 
+    /// Names `unit` in the messages from now on (the unit from a node label
+    /// changed); the sequence goes on, so peers that knew us accept us.
+    pub fn set_unit(&mut self, unit: &str) {
+        unit.clone_into(&mut self.unit);
+    }
+
     /// `body` as a signed message sent at `unix_ms`.
     pub fn seal(&mut self, unix_ms: u64, body: Body) -> Vec<u8> {
         let envelope = Envelope {
@@ -388,6 +394,24 @@ impl Receiver {
             max_skew_ms: u64::try_from(max_skew.as_millis()).unwrap_or(u64::MAX),
             last,
         }
+    }
+
+    /// Accepts messages for `unit` from `peers` from now on (the unit's
+    /// members changed): a peer that stays keeps its last sequence number,
+    /// so an old message of it is still a replay; one that left is
+    /// forgotten; one that joined starts with none.
+    pub fn set_members(&mut self, unit: &str, peers: &[NodeName]) {
+        unit.clone_into(&mut self.unit);
+        let mut last: BTreeMap<NodeName, Option<Last>> = BTreeMap::new();
+        for p in peers
+            .iter()
+            .filter(|p| **p != self.own)
+            .take(MAX_UNIT_MEMBERS - 1)
+        {
+            let kept = self.last.get(p).copied().flatten();
+            last.insert(p.clone(), kept);
+        }
+        self.last = last;
     }
 
     /// Checks `bytes` received at `now_unix_ms`, in this order: size,
