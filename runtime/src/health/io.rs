@@ -68,6 +68,9 @@ pub const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a link that is down is looked at, so the first report after
 /// it comes back goes out within this long.
 const LINK_POLL: Duration = Duration::from_secs(1);
+/// How long a link that is down may keep the unit from being read before
+/// that is logged (it is down for a moment at every start).
+const LINK_GRACE: Duration = Duration::from_secs(10);
 /// How often peers given by host name are looked up again.
 const RESOLVE_EVERY: Duration = Duration::from_secs(60);
 
@@ -517,12 +520,14 @@ impl HealthPort {
                 label.key
             ),
         }
-        let mut failing = false;
+        // Failing since, and whether that was logged.
+        let mut failing: Option<(Instant, bool)> = None;
         loop {
+            let mut next = label.refresh;
             match source.fetch().await {
                 Ok(m) => {
-                    if std::mem::take(&mut failing) {
-                        info!("health unit: membership read from kube-apiserver again");
+                    if failing.take().is_some_and(|(_, logged)| logged) {
+                        info!("health unit: kube-apiserver answers again");
                     }
                     self.apply(&m).await;
                     if saved.as_ref() != Some(&m) {
@@ -536,7 +541,15 @@ impl HealthPort {
                     }
                 }
                 Err(e) => {
-                    if !std::mem::replace(&mut failing, true) {
+                    let (since, logged) = failing.get_or_insert((Instant::now(), false));
+                    // A link still coming up (at start) is no news for a
+                    // while, and costs nothing to look at every second.
+                    let link_down = source.link_down();
+                    if link_down {
+                        next = next.min(LINK_POLL);
+                    }
+                    if !*logged && (!link_down || since.elapsed() >= LINK_GRACE) {
+                        *logged = true;
                         let unit = self.shared.borrow().health.unit().to_owned();
                         let now = if self.shared.borrow().known {
                             format!("keeping unit {unit} as last read")
@@ -554,7 +567,7 @@ impl HealthPort {
                     }
                 }
             }
-            async_io::Timer::after(label.refresh).await;
+            async_io::Timer::after(next).await;
         }
     }
 

@@ -401,6 +401,11 @@ impl Source {
         &self.own
     }
 
+    /// Whether kube-apiserver is reached through the link and it is down.
+    pub fn link_down(&self) -> bool {
+        self.client.link_down()
+    }
+
     /// Reads this node's unit, then the unit's members.
     pub async fn fetch(&self) -> Result<Membership, String> {
         let key = &self.label.key;
