@@ -169,19 +169,36 @@ CONFIG FILE (a strict TOML subset; unknown keys are errors):
                                     unit probe each other over UDP, vote on
                                     who is alive, and report their verdicts
                                     to the hub (its /nodes shows the votes).
-                                    Needs the top-level unit.
+                                    Needs the top-level unit with peers,
+                                    or unit_label (exactly one of the two).
     listen = \"0.0.0.0:10263\"        The health port (UDP).
     key_file = \"unit.key\"           The unit's shared key (required; no
                                     default key): at least 32 bytes, e.g.
                                     `openssl rand -hex 32`, the same file on
                                     every member, mode 0600 (refused if
-                                    group or others can access it).
+                                    group or others can access it). With
+                                    unit_label: every node with the same
+                                    label value shares this key.
     peers = [\"edge-2=192.168.1.12:10263\"]
                                     The unit's other members, name=host:port
                                     (required; at most 63). Every member
                                     must list the same unit. A unit of one
                                     never votes, a unit of two only while
                                     both report: use three or more.
+    unit_label = \"tether.io/unit\"   Instead of unit and peers: a node label
+                                    key. Its value on this node's Node is
+                                    the unit; the Nodes with that value are
+                                    the members, each at its InternalIP
+                                    (else ExternalIP, else Hostname). Read
+                                    from kube-apiserver (needs [apiserver])
+                                    at start and every refresh; the last
+                                    one read is kept while it is out of
+                                    reach, and saved next to proxy.cache
+                                    (file health-unit) for a restart.
+    peer_port = 10263               With unit_label: the members' health
+                                    port [default: the port of listen].
+    refresh = \"60s\"                 With unit_label: read the membership
+                                    this often (1s-1h).
     interval = \"25s\"                Probe each peer this often (2s-1h). At
                                     25 s a unit of 20 sends < 200 bytes/s
                                     per edge and a dead peer is voted dead
