@@ -111,6 +111,9 @@ struct Shared {
     /// The unit is known: always with `unit`, once read with `unit_label`.
     /// Until then nothing is probed or reported.
     known: bool,
+    /// Members from a node label with no address to probe (logged when
+    /// the set changes, not every refresh).
+    unaddressed: BTreeSet<NodeName>,
 }
 
 /// What the status port shows of the health peer; cheap to clone.
@@ -185,6 +188,7 @@ impl HealthPort {
                 resolved,
                 send_failing: BTreeSet::new(),
                 known,
+                unaddressed: BTreeSet::new(),
             })),
             socket,
             peers: config.peers.clone(),
@@ -589,6 +593,7 @@ impl HealthPort {
             .map(|a| a.is_ipv4())
             .unwrap_or(true);
         let mut resolved = BTreeMap::new();
+        let mut unaddressed = BTreeSet::new();
         for p in &m.peers {
             let found = match p.addr.parse::<SocketAddr>() {
                 Ok(addr) => Some(addr),
@@ -607,13 +612,25 @@ impl HealthPort {
                 Some(addr) => {
                     resolved.insert(p.name.clone(), addr);
                 }
-                None => debug!(
-                    "health peer {}: no address to probe ({:?}); it counts as unanswered",
-                    p.name, p.addr
-                ),
+                None => {
+                    unaddressed.insert(p.name.clone());
+                }
             }
         }
-        self.shared.borrow_mut().resolved = resolved;
+        let mut s = self.shared.borrow_mut();
+        if unaddressed != s.unaddressed && !unaddressed.is_empty() {
+            let names: Vec<&str> = unaddressed.iter().map(NodeName::as_str).collect();
+            warn!(
+                "health unit {}: no address to probe for {} (their Nodes list none in \
+                 status.addresses, or the host name does not resolve): judged dead like peers \
+                 that do not answer",
+                m.unit,
+                names.join(" ")
+            );
+        }
+        s.unaddressed = unaddressed;
+        s.resolved = resolved;
+        drop(s);
         let _ = self.wake.0.try_send(());
     }
 }
