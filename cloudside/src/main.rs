@@ -205,6 +205,21 @@ CONFIG FILE (a strict TOML subset; unknown keys are errors):
                                     stay through outages of any length.
                                     Register it with cloudside/webhook.yaml
                                     (caBundle: the CA of webhook_cert).
+
+    [join]                          Issue 7: sign node certificates for
+                                    tether-edge join (a bootstrap token from
+                                    token create) and renewals (the current
+                                    certificate, within renew_grace after
+                                    expiry), on the link port; refuse revoked
+                                    nodes (node revoke) and drop their links.
+                                    Needs [tls] client_ca = DIR/ca.pem.
+    dir = \"/var/lib/tether-hub\"     The state directory of init: CA, tokens,
+                                    node records.
+    certificate_lifetime = \"90d\"    Node certificates' life (10s-3650d);
+                                    edges renew at two thirds of it.
+    renew_grace = \"30d\"             How long after expiry a node may still
+                                    renew on its old key; past it, it needs a
+                                    new token.
 ";
 
 fn main() -> ExitCode {

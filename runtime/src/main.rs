@@ -113,6 +113,9 @@ CONFIG FILE (a strict TOML subset; unknown keys are errors):
                                     hub replicas share (scale-out).
     source_address = \"192.0.2.7\"    Local address to connect from
                                     [default: chosen by the kernel].
+    renew_at_percent = 67           Renew the certificate (made by tether-edge
+                                    join) with the hub once this share of its
+                                    life has passed: 10-95, 0 = never.
     (Relative paths are taken from the config file's folder.)
 
     [link]

@@ -163,10 +163,14 @@ impl Joiner {
                 )
             })?
             .has_live_cert(node, now);
-        let redeemed = self
-            .tokens
-            .redeem(token, node, live, now)
-            .map_err(|e| (Refusal::Token, e.to_string()))?;
+        let redeemed = self.tokens.redeem(token, node, live, now).map_err(|e| {
+            // A failing store tells the edge only that tokens cannot be
+            // checked; the hub's log gets the file and the error.
+            if let Some(cause) = std::error::Error::source(&e) {
+                log::error!("cannot check the token of {node}: {e}: {cause}");
+            }
+            (Refusal::Token, e.to_string())
+        })?;
         let id = redeemed.id.clone();
         let (answer, until) = self.issue(node, &point, Issue::Joined { token: id.clone() }, now)?;
         Ok((
