@@ -125,6 +125,10 @@ do_install() {
     fi
     install -d ${D}${sysconfdir}/tether
     install -m 0644 "$config" ${D}${sysconfdir}/tether/edge.toml
+
+    # The board's file where `tether-edge join --board MODEL` looks for it.
+    install -d ${D}${datadir}/tether/boards
+    install -m 0644 "$board_file" ${D}${datadir}/tether/boards/${TETHER_BOARD}.toml
 }
 
 SYSTEMD_SERVICE:${PN} = "tether-edge.service"
