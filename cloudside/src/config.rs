@@ -183,9 +183,14 @@ pub struct HubConfig {
 /// or their current certificate (renewal).
 #[derive(Debug, Clone)]
 pub struct Join {
-    /// The state directory: CA, tokens and node records (`dir`, default
-    /// `/var/lib/tether-hub`).
+    /// The state directory: tokens and node records, and by default the CA
+    /// (`dir`, default `/var/lib/tether-hub`).
     pub dir: PathBuf,
+    /// The CA certificate (`ca`, default `<dir>/ca.pem`); in a pod, a
+    /// read-only Secret while `dir` is a volume.
+    pub ca: PathBuf,
+    /// The CA key (`ca_key`, default `<dir>/ca-key.pem`).
+    pub ca_key: PathBuf,
     /// How long a node certificate is valid (`certificate_lifetime`,
     /// default 90 days).
     pub lifetime: Duration,
@@ -459,6 +464,12 @@ pub fn parse(text: &str, base: &Path) -> Result<HubConfig, Errors> {
         let dir = errors
             .opt(t.str("dir"))
             .map_or_else(|| PathBuf::from(crate::pki::DEFAULT_DIR), |d| base.join(d));
+        let ca = errors
+            .opt(t.str("ca"))
+            .map_or_else(|| dir.join(crate::pki::CA_CERT), |p| base.join(p));
+        let ca_key = errors
+            .opt(t.str("ca_key"))
+            .map_or_else(|| dir.join(crate::pki::CA_KEY), |p| base.join(p));
         let day = Duration::from_secs(86_400);
         let lifetime = errors
             .opt(t.duration("certificate_lifetime"))
@@ -476,6 +487,8 @@ pub fn parse(text: &str, base: &Path) -> Result<HubConfig, Errors> {
         }
         Join {
             dir,
+            ca,
+            ca_key,
             lifetime,
             grace,
         }

@@ -66,6 +66,9 @@ COMMANDS:
         --hub HOST:PORT
                     Where edges reach the hub [default: the first name
                     of DIR/hub.pem, port 7443].
+        --ca FILE   The CA whose hash the command carries [default:
+                    DIR/ca.pem; in the cluster the Secret's, see
+                    manifests].
     token list      The tokens: id, expiry, node, usages, single-use, use
                     (never a secret).
     token delete    Delete token ID: it can no longer join anything.
@@ -215,6 +218,8 @@ CONFIG FILE (a strict TOML subset; unknown keys are errors):
                                     Needs [tls] client_ca = DIR/ca.pem.
     dir = \"/var/lib/tether-hub\"     The state directory of init: CA, tokens,
                                     node records.
+    ca = \"ca.pem\"                   The CA and its key [default: in dir]
+    ca_key = \"ca-key.pem\"           (in a pod: the Secret's files).
     certificate_lifetime = \"90d\"    Node certificates' life (10s-3650d);
                                     edges renew at two thirds of it.
     renew_grace = \"30d\"             How long after expiry a node may still
@@ -336,6 +341,7 @@ fn token(args: &[String]) -> ExitCode {
     let mut opts = tokens::TokenOptions::default();
     let mut print_join = false;
     let mut hub = None;
+    let mut ca = None;
     let mut id = None;
     let mut it = args.iter().skip(1);
     while let Some(arg) = it.next() {
@@ -372,6 +378,9 @@ fn token(args: &[String]) -> ExitCode {
                 print_join = true;
                 Ok(())
             }
+            ("create", "--ca") => {
+                value(&mut it, "--ca", "a file").map(|v| ca = Some(std::path::PathBuf::from(v)))
+            }
             ("create", "--hub") => value(&mut it, "--hub", "HOST:PORT")
                 .and_then(host_port)
                 .map(|v| hub = Some(v)),
@@ -385,7 +394,8 @@ fn token(args: &[String]) -> ExitCode {
             return fail(&name, 2, &e);
         }
     }
-    if let Err(e) = state_dir(&dir, cmd == "create") {
+    let ca = ca.unwrap_or_else(|| dir.join(pki::CA_CERT));
+    if let Err(e) = state_dir(&dir, (cmd == "create").then_some(ca.as_path())) {
         return fail(&name, 1, &e);
     }
     let store = tokens::TokenStore::open(&dir);
@@ -397,7 +407,7 @@ fn token(args: &[String]) -> ExitCode {
             // Everything the join command needs is found before a token
             // exists, so a failure leaves no orphan token behind.
             let target = if print_join {
-                match join_target(&dir, hub) {
+                match join_target(&dir, &ca, hub) {
                     Ok(t) => Some(t),
                     Err(e) => return fail(&name, 1, &e),
                 }
@@ -495,12 +505,13 @@ fn token(args: &[String]) -> ExitCode {
     }
 }
 
-/// Checks that `dir` is a hub's state directory (with its CA when `need_ca`:
-/// a token is of no use without it), so a mistyped --dir says so instead of
-/// listing nothing or storing tokens where no hub looks.
-fn state_dir(dir: &std::path::Path, need_ca: bool) -> Result<(), String> {
-    let ca = dir.join(pki::CA_CERT);
-    if !dir.is_dir() || (need_ca && !ca.exists()) {
+/// Checks that `dir` is a hub's state directory (with the CA `ca` when
+/// given: a token is of no use without it), so a mistyped --dir says so
+/// instead of listing nothing or storing tokens where no hub looks.
+fn state_dir(dir: &std::path::Path, ca: Option<&std::path::Path>) -> Result<(), String> {
+    let missing_ca = ca.is_some_and(|c| !c.exists());
+    if !dir.is_dir() || missing_ca {
+        let ca = ca.unwrap_or(dir);
         return Err(format!(
             "{} not found: no hub state there; give the hub's --dir, or run `tether-hub init --san NAME --dir {}` first",
             if dir.is_dir() { ca.display() } else { dir.display() },
@@ -514,8 +525,11 @@ fn state_dir(dir: &std::path::Path, need_ca: bool) -> Result<(), String> {
 /// first name of `<dir>/hub.pem` with the link port the installed hub
 /// listens on (`manifests::DEFAULT_LINK_PORT`, as every example config), and the hash
 /// of `<dir>/ca.pem`.
-fn join_target(dir: &std::path::Path, hub: Option<String>) -> Result<(String, String), String> {
-    let ca = dir.join(pki::CA_CERT);
+fn join_target(
+    dir: &std::path::Path,
+    ca: &std::path::Path,
+    hub: Option<String>,
+) -> Result<(String, String), String> {
     let cert = |path: &std::path::Path| {
         tether_link::tls::load_certs(path)
             .map_err(|e| e.to_string())?
@@ -523,7 +537,7 @@ fn join_target(dir: &std::path::Path, hub: Option<String>) -> Result<(String, St
             .next()
             .ok_or_else(|| format!("{}: no certificate in it", path.display()))
     };
-    let ca_der = cert(&ca)?;
+    let ca_der = cert(ca)?;
     let spki = pki::spki_of_certificate(&ca_der)
         .ok_or_else(|| format!("{}: not an X.509 certificate", ca.display()))?;
     let hash = pki::ca_hash(spki);
@@ -607,7 +621,7 @@ fn node(args: &[String]) -> ExitCode {
             return fail(&name, 2, &e);
         }
     }
-    if let Err(e) = state_dir(&dir, false) {
+    if let Err(e) = state_dir(&dir, None) {
         return fail(&name, 1, &e);
     }
     let store = nodes::NodeStore::open(&dir);
@@ -757,7 +771,7 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> Result<(), String> 
             if cfg.tls.as_ref().is_none_or(|t| t.client_ca.is_none()) {
                 return Err(format!(
                     "[join] issues node certificates, but [tls] has no client_ca to check them with: set client_ca = \"{}\"",
-                    j.dir.join(pki::CA_CERT).display()
+                    j.ca.display()
                 ));
             }
             Some(join::live::JoinService::open(j)?)

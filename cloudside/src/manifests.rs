@@ -218,6 +218,7 @@ pub fn render(opts: &Options, ca_bundle: Option<&str>) -> String {
         docs.extend(rbac_documents(&opts.namespace));
     }
     docs.push(config_map(opts));
+    docs.push(state_claim(opts));
     docs.push(deployment(opts));
     docs.push(link_service(opts));
     docs.push(cluster_service(opts));
@@ -352,6 +353,14 @@ pub fn hub_toml(opts: &Options) -> String {
          [upstream.kube-apiserver]\n\
          address = \"kubernetes.default.svc:443\"\n\
          \n\
+         # Boards join with `tether-edge join` and a token made in this pod\n\
+         # (see the top): the CA in the Secret signs their certificates;\n\
+         # tokens and node records live on the state volume.\n\
+         [join]\n\
+         dir = \"{state}\"\n\
+         ca = \"{PKI_DIR}/{ca}\"\n\
+         ca_key = \"{PKI_DIR}/{ca_key}\"\n\
+         \n\
          # kube-apiserver's egress selector dials here (the Service tether-hub).\n\
          [egress]\n\
          listen = \"0.0.0.0:{EGRESS_PORT}\"\n\
@@ -362,6 +371,8 @@ pub fn hub_toml(opts: &Options) -> String {
         cert = pki::HUB_CERT,
         key = pki::HUB_KEY,
         ca = pki::CA_CERT,
+        ca_key = pki::CA_KEY,
+        state = pki::DEFAULT_DIR,
     );
     if opts.autonomy {
         let _ = write!(
@@ -503,13 +514,12 @@ metadata:
             secretName: {PKI_SECRET}
             defaultMode: 288 # 0440: the hub's user through fsGroup
         # The hub's state directory, the one writable place under the
-        # read-only root. The running hub keeps its sessions in memory (§4)
-        # and reads nothing here yet; once it serves join (issue 7), its
-        # tokens and nodes files live here and this must become a
-        # PersistentVolumeClaim (and ca-key.pem join the Secret).
+        # read-only root: join's tokens and node records (§4.1), which must
+        # survive a restart (a lost node record would let a revoked node's
+        # certificate in again).
         - name: state
-          emptyDir:
-            sizeLimit: 64Mi
+          persistentVolumeClaim:
+            claimName: tether-hub-state
 ",
         labels4 = labels(4),
         labels8 = labels(8),
@@ -517,6 +527,15 @@ metadata:
         image = opts.image,
         link = opts.link_port,
         state = pki::DEFAULT_DIR,
+    )
+}
+
+/// The state volume: a few KiB per node (tokens and node records).
+fn state_claim(opts: &Options) -> String {
+    format!(
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: tether-hub-state\n  namespace: {}\n  labels:\n{}spec:\n  accessModes: [\"ReadWriteOnce\"]\n  resources:\n    requests:\n      storage: 1Gi\n",
+        opts.namespace,
+        labels(4)
     )
 }
 
@@ -614,9 +633,10 @@ fn steps(opts: &Options) -> String {
          # 3. The Secret (its keys are never printed here). {EGRESS_CLIENT_CA} is\n\
          #    the CA of the client certificate kube-apiserver shows the egress:\n\
          #    on kubeadm the cluster CA, which signed apiserver-kubelet-client.crt.\n\
-         #    The CA's key ({ca_key}) stays where init ran.\n\
+         #    The CA's key ({ca_key}) signs the boards' certificates (join).\n\
          #      kubectl -n {ns} create secret generic {PKI_SECRET} \\\n\
          #        --from-file={dir}/{ca} \\\n\
+         #        --from-file={dir}/{ca_key} \\\n\
          #        --from-file={dir}/{cert} \\\n\
          #        --from-file={dir}/{key} \\\n\
          #        --from-file={EGRESS_CLIENT_CA}=/etc/kubernetes/pki/ca.crt\n\
@@ -645,6 +665,18 @@ fn steps(opts: &Options) -> String {
          #    which serves only nodes: webhooks (this hub's own too) and\n\
          #    aggregated APIs it reaches by a Service or pod address are\n\
          #    refused (§4.2).\n"
+    );
+    let _ = write!(
+        out,
+        "#\n\
+         # Boards: a bootstrap token and the command to run on each board:\n\
+         #      kubectl -n {ns} exec deploy/tether-hub -- tether-hub token create \\\n\
+         #        --dir {state} --ca {PKI_DIR}/{ca} --hub HUB.EXAMPLE.COM:{link} --print-join-command\n\
+         #    (`token list`, `node list`, `node revoke NAME` likewise.)\n",
+        ns = opts.namespace,
+        state = pki::DEFAULT_DIR,
+        ca = pki::CA_CERT,
+        link = opts.link_port,
     );
     if opts.autonomy && opts.webhook_ca.is_none() {
         let _ = write!(
@@ -807,7 +839,8 @@ mod tests {
         assert!(out.contains(
             "kubectl -n tether-system create secret generic tether-hub-pki \\\n#        --from-file=/var/lib/tether-hub/ca.pem \\\n"
         ));
-        assert!(!out.contains("ca-key.pem \\"));
+        assert!(out.contains("--from-file=/var/lib/tether-hub/ca-key.pem \\"));
+        assert!(out.contains("exec deploy/tether-hub -- tether-hub token create"));
         assert!(out.contains("--egress-selector-config-file="));
         assert!(out.contains("url: https://EGRESS-IP:8131"));
         assert!(out.contains("| kubectl delete -f -"));

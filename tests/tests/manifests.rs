@@ -121,6 +121,7 @@ fn relay_only_objects_without_rbac() {
         ("Namespace", "tether-system"),
         ("ServiceAccount", "tether-hub"),
         ("ConfigMap", "tether-hub-config"),
+        ("PersistentVolumeClaim", "tether-hub-state"),
         ("Deployment", "tether-hub"),
         ("Service", "tether-hub-link"),
         ("Service", "tether-hub"),
@@ -158,7 +159,9 @@ fn relay_only_objects_without_rbac() {
     assert!(volumes
         .iter()
         .any(|v| v["secret"]["secretName"].as_str() == Some("tether-hub-pki")));
-    assert!(volumes.iter().any(|v| v["emptyDir"].is_mapping()));
+    assert!(volumes
+        .iter()
+        .any(|v| v["persistentVolumeClaim"]["claimName"].as_str() == Some("tether-hub-state")));
     // The container's ports are the ones hub.toml listens on.
     let toml = hub_toml(&docs);
     for (name, addr) in [
@@ -182,7 +185,13 @@ fn relay_only_objects_without_rbac() {
     let keys = secret_keys(&out);
     assert_eq!(
         keys,
-        ["ca.pem", "hub.pem", "hub-key.pem", "egress-client-ca.pem"]
+        [
+            "ca.pem",
+            "ca-key.pem",
+            "hub.pem",
+            "hub-key.pem",
+            "egress-client-ca.pem"
+        ]
     );
     for line in toml.lines().filter(|l| l.contains("/etc/tether-hub/pki/")) {
         let file = line.rsplit('/').next().expect("file").trim_end_matches('"');
@@ -321,6 +330,7 @@ fn localize(toml: &str, dir: &Path, sa: &Path) -> (String, SocketAddr) {
     let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let mut t = toml
         .replace("/etc/tether-hub/pki/", &format!("{}/", dir.display()))
+        .replace("/var/lib/tether-hub", &dir.display().to_string())
         .replace(
             "/var/run/secrets/kubernetes.io/serviceaccount/",
             &format!("{}/", sa.display()),

@@ -45,7 +45,7 @@ impl Joiner {
     /// Loads the CA from `[join] dir`; the stores live beside it.
     pub fn open(cfg: &JoinConfig) -> Result<Joiner, String> {
         Ok(Joiner {
-            authority: Authority::load(&cfg.dir, cfg.lifetime)?,
+            authority: Authority::load_files(&cfg.ca, &cfg.ca_key, cfg.lifetime)?,
             tokens: TokenStore::open(&cfg.dir),
             nodes: NodeStore::open(&cfg.dir),
             grace: cfg.grace,

@@ -62,15 +62,22 @@ impl Authority {
     /// Loads the CA from `dir` (`tether-hub init`'s state directory); node
     /// certificates will be valid for `lifetime`. Errors name the file.
     pub fn load(dir: &Path, lifetime: Duration) -> Result<Authority, String> {
-        let cert_path = dir.join(pki::CA_CERT);
-        let key_path = dir.join(pki::CA_KEY);
+        Authority::load_files(&dir.join(pki::CA_CERT), &dir.join(pki::CA_KEY), lifetime)
+    }
+
+    /// Loads the CA from its certificate and key files.
+    pub fn load_files(
+        cert_path: &Path,
+        key_path: &Path,
+        lifetime: Duration,
+    ) -> Result<Authority, String> {
         let hint = "(made by `tether-hub init --dir DIR`)";
-        let certs = tether_link::tls::load_certs(&cert_path).map_err(|e| format!("{e} {hint}"))?;
+        let certs = tether_link::tls::load_certs(cert_path).map_err(|e| format!("{e} {hint}"))?;
         let ca_der = certs
             .first()
             .map(|c| c.to_vec())
             .ok_or_else(|| format!("{}: no certificate {hint}", cert_path.display()))?;
-        let key_pem = std::fs::read_to_string(&key_path)
+        let key_pem = std::fs::read_to_string(key_path)
             .map_err(|e| format!("{}: cannot read the CA key: {e} {hint}", key_path.display()))?;
         let key = KeyPair::from_pem(&key_pem)
             .map_err(|e| format!("{}: not a private key: {e}", key_path.display()))?;

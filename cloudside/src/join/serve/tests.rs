@@ -59,6 +59,8 @@ fn hub(lifetime: Duration, grace: Duration) -> Hub {
     .expect("init");
     let joiner = Joiner::open(&JoinConfig {
         dir: dir.path().to_path_buf(),
+        ca: dir.path().join(crate::pki::CA_CERT),
+        ca_key: dir.path().join(crate::pki::CA_KEY),
         lifetime,
         grace,
     })
