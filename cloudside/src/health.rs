@@ -324,6 +324,7 @@ pub fn reason(vote: &Vote) -> Option<&'static str> {
         Vote::Undecided(Undecided::UnitOfOne) => Some("unit_of_one"),
         Vote::Undecided(Undecided::NoQuorum { .. }) => Some("no_quorum"),
         Vote::Undecided(Undecided::Tie { .. }) => Some("tie"),
+        Vote::Undecided(Undecided::FewOpinions { .. }) => Some("few_opinions"),
         Vote::Undecided(Undecided::MembersDiffer) => Some("members_differ"),
         Vote::Alive { .. } | Vote::Dead { .. } => None,
     }
@@ -334,7 +335,8 @@ pub fn counts(vote: &Vote) -> (usize, usize) {
     match *vote {
         Vote::Alive { alive, dead }
         | Vote::Dead { alive, dead }
-        | Vote::Undecided(Undecided::Tie { alive, dead }) => (alive, dead),
+        | Vote::Undecided(Undecided::Tie { alive, dead })
+        | Vote::Undecided(Undecided::FewOpinions { alive, dead, .. }) => (alive, dead),
         Vote::Undecided(_) => (0, 0),
     }
 }

@@ -25,16 +25,24 @@
 //!    (it is alive by definition when it can report). It still counts towards
 //!    the quorum: a member cut off from the cloud is not the subject being
 //!    outvoted, it is one of the unit.
-//! 4. **Majority of opinions.** Of the reporters' opinions on a member X,
-//!    a strict majority decides: more `Alive` than `Dead` is [`Vote::Alive`],
-//!    more `Dead` is [`Vote::Dead`], equal (including no opinion at all) is
-//!    [`Vote::Undecided`] with [`Undecided::Tie`].
-//! 5. **Units of one and two.** A unit of one has no one to ask: always
+//! 4. **Enough opinions.** A vote on a member X is decided only when more
+//!    than half of the *other* reporters (the reporters except X itself)
+//!    have an opinion on X; otherwise it is [`Vote::Undecided`] with
+//!    [`Undecided::FewOpinions`]. Abstentions therefore count: right after a
+//!    start, before most members have judged a peer, one member's first
+//!    verdict cannot decide alone.
+//! 5. **Majority of opinions.** Of the reporters' opinions on X, a strict
+//!    majority decides: more `Alive` than `Dead` is [`Vote::Alive`], more
+//!    `Dead` is [`Vote::Dead`], equal is [`Vote::Undecided`] with
+//!    [`Undecided::Tie`].
+//! 6. **Units of one and two.** A unit of one has no one to ask: always
 //!    [`Undecided::UnitOfOne`]. A unit of two needs both members reporting
-//!    for a quorum, so when one of the two is cut off or dead nothing can be
-//!    decided ([`Undecided::NoQuorum`]) and the node is left to normal
-//!    Kubernetes eviction. **A unit should have at least three members**; with
-//!    three, any one can be cut off or dead and the other two still decide.
+//!    for a quorum, and then each one's opinion on the other decides, so
+//!    when one of the two is cut off or dead nothing can be decided
+//!    ([`Undecided::NoQuorum`]) and the node is left to normal Kubernetes
+//!    eviction. **A unit should have at least three members**; with three,
+//!    any one can be cut off or dead and the other two still decide (both
+//!    must have an opinion on it).
 //!
 //! Undecided is never read as alive: the hub protects a node only on
 //! [`Vote::Alive`].
@@ -331,9 +339,17 @@ pub enum Undecided {
     UnitOfOne,
     /// Too few members reported (`reporting` of the `needed` [`quorum`]).
     NoQuorum { reporting: usize, needed: usize },
-    /// As many opinions say alive as dead (both 0: no reporter has a verdict
-    /// on the member yet).
+    /// As many opinions say alive as dead.
     Tie { alive: usize, dead: usize },
+    /// Too few of the other reporters have an opinion on the member: `alive`
+    /// plus `dead` is below `needed`, more than half of the reporters other
+    /// than the member itself (just after a start, most have not judged it
+    /// yet).
+    FewOpinions {
+        alive: usize,
+        dead: usize,
+        needed: usize,
+    },
     /// The reporting members are configured with different member lists
     /// ([`tally_reports`]): the unit's size, and so its quorum, is unknown.
     MembersDiffer,
@@ -347,10 +363,19 @@ impl fmt::Display for Undecided {
                 f,
                 "no quorum: {reporting} members reported, {needed} needed (more than half the unit)"
             ),
-            Undecided::Tie { alive: 0, dead: 0 } => {
-                f.write_str("no reporting member has a verdict on it yet")
-            }
             Undecided::Tie { alive, dead } => write!(f, "tie: {alive} alive, {dead} dead"),
+            Undecided::FewOpinions {
+                alive: 0, dead: 0, ..
+            } => f.write_str("no reporting member has a verdict on it yet"),
+            Undecided::FewOpinions {
+                alive,
+                dead,
+                needed,
+            } => write!(
+                f,
+                "too few opinions: {alive} alive, {dead} dead, {needed} needed (more than half \
+                 of the other reporting members)"
+            ),
             Undecided::MembersDiffer => f.write_str(
                 "members differ: the unit's reporters list different members; give every \
                  member the same peers (plus itself)",
@@ -385,21 +410,33 @@ pub fn tally(
                     needed,
                 })
             } else {
-                let (mut alive, mut dead) = (0, 0);
+                let (mut alive, mut dead, mut others) = (0, 0, 0);
                 for (from, verdicts) in reporters.iter().map(|r| (&r.0, r.1)) {
                     if from == x {
                         continue;
                     }
+                    others += 1;
                     match verdicts.iter().find(|(about, _)| about == x) {
                         Some((_, Verdict::Alive)) => alive += 1,
                         Some((_, Verdict::Dead)) => dead += 1,
                         None => {}
                     }
                 }
-                match alive.cmp(&dead) {
-                    std::cmp::Ordering::Greater => Vote::Alive { alive, dead },
-                    std::cmp::Ordering::Less => Vote::Dead { alive, dead },
-                    std::cmp::Ordering::Equal => Vote::Undecided(Undecided::Tie { alive, dead }),
+                let needed = others / 2 + 1;
+                if alive + dead < needed {
+                    Vote::Undecided(Undecided::FewOpinions {
+                        alive,
+                        dead,
+                        needed,
+                    })
+                } else {
+                    match alive.cmp(&dead) {
+                        std::cmp::Ordering::Greater => Vote::Alive { alive, dead },
+                        std::cmp::Ordering::Less => Vote::Dead { alive, dead },
+                        std::cmp::Ordering::Equal => {
+                            Vote::Undecided(Undecided::Tie { alive, dead })
+                        }
+                    }
                 }
             };
             (x.clone(), vote)
@@ -597,21 +634,102 @@ mod tests {
             *vote_of(&votes, "e1"),
             Vote::Undecided(Undecided::Tie { alive: 2, dead: 2 })
         );
-        // No one has a verdict on e5 yet (just started): a tie of nothing.
+        // No one has a verdict on e5 yet (just started): nothing to count.
         let r = reports(&m, &["e1", "e2", "e3"], |_, s| (s != "e5").then_some(Alive));
         let votes = run(&m, &r);
+        let nothing = Vote::Undecided(Undecided::FewOpinions {
+            alive: 0,
+            dead: 0,
+            needed: 2,
+        });
+        assert_eq!(*vote_of(&votes, "e5"), nothing);
         assert_eq!(
-            *vote_of(&votes, "e5"),
-            Vote::Undecided(Undecided::Tie { alive: 0, dead: 0 })
+            nothing.to_string(),
+            "undecided: no reporting member has a verdict on it yet"
         );
-        // Abstentions do not count against: one opinion decides.
+        // Abstentions count: one opinion of three does not decide, two do.
         let r = reports(&m, &["e1", "e2", "e3"], |r, s| {
             (s != "e5" || r == "e1").then_some(if s == "e5" { Dead } else { Alive })
         });
         assert_eq!(
             *vote_of(&run(&m, &r), "e5"),
-            Vote::Dead { alive: 0, dead: 1 }
+            Vote::Undecided(Undecided::FewOpinions {
+                alive: 0,
+                dead: 1,
+                needed: 2
+            })
         );
+        let r = reports(&m, &["e1", "e2", "e3"], |r, s| {
+            (s != "e5" || r != "e3").then_some(if s == "e5" { Dead } else { Alive })
+        });
+        assert_eq!(
+            *vote_of(&run(&m, &r), "e5"),
+            Vote::Dead { alive: 0, dead: 2 }
+        );
+    }
+
+    #[test]
+    fn just_after_a_start_one_opinion_does_not_decide() {
+        // A unit of five has just started: every member reports, but only
+        // e1 has judged anyone yet (it says e4 is dead, e2 alive).
+        let m = unit(5);
+        let first = |r: &str, s: &str| match (r, s) {
+            ("e1", "e4") => Some(Dead),
+            ("e1", "e2") => Some(Alive),
+            _ => None,
+        };
+        let votes = run(&m, &reports(&m, &["e1", "e2", "e3", "e4", "e5"], first));
+        // Four others report on each; three opinions are needed.
+        for who in ["e2", "e4"] {
+            assert!(
+                matches!(
+                    vote_of(&votes, who),
+                    Vote::Undecided(Undecided::FewOpinions { needed: 3, .. })
+                ),
+                "{who}: {:?}",
+                vote_of(&votes, who)
+            );
+        }
+        // As the others judge, it is decided once three of four have.
+        let later = |r: &str, s: &str| match (r, s) {
+            ("e1" | "e2", "e4") => Some(Dead),
+            ("e3", "e4") => Some(Alive),
+            _ => None,
+        };
+        let votes = run(&m, &reports(&m, &["e1", "e2", "e3", "e4", "e5"], later));
+        assert_eq!(*vote_of(&votes, "e4"), Vote::Dead { alive: 1, dead: 2 });
+        // Its own report does not count among the others: without e4's
+        // report the same three opinions are three of three.
+        let votes = run(&m, &reports(&m, &["e1", "e2", "e3", "e5"], later));
+        assert_eq!(*vote_of(&votes, "e4"), Vote::Dead { alive: 1, dead: 2 });
+    }
+
+    #[test]
+    fn unit_of_three_needs_both_others() {
+        let m = unit(3);
+        // All three report: the two others' opinions on e1 decide.
+        let all = reports(&m, &["e1", "e2", "e3"], |_, _| Some(Alive));
+        for (_, vote) in run(&m, &all) {
+            assert_eq!(vote, Vote::Alive { alive: 2, dead: 0 });
+        }
+        // Only one of e1's two others has an opinion yet: undecided.
+        let one = reports(&m, &["e1", "e2", "e3"], |r, s| {
+            (s != "e1" || r == "e2").then_some(Alive)
+        });
+        assert_eq!(
+            *vote_of(&run(&m, &one), "e1"),
+            Vote::Undecided(Undecided::FewOpinions {
+                alive: 1,
+                dead: 0,
+                needed: 2
+            })
+        );
+        // e3 is cut off from the cloud: e1 and e2 decide on each other
+        // (one other each) and on e3 (both have an opinion).
+        let two = reports(&m, &["e1", "e2"], |_, _| Some(Alive));
+        let votes = run(&m, &two);
+        assert_eq!(*vote_of(&votes, "e1"), Vote::Alive { alive: 1, dead: 0 });
+        assert_eq!(*vote_of(&votes, "e3"), Vote::Alive { alive: 2, dead: 0 });
     }
 
     #[test]
