@@ -119,7 +119,7 @@ pub fn metrics(reg: &Registry) -> String {
     for (label, n) in &c.refused {
         let _ = writeln!(m, "tether_hub_refused_total{{reason=\"{label}\"}} {n}");
     }
-    let _ = writeln!(m, "# HELP tether_hub_dropped_total Connections dropped before a link formed, by reason.\n# TYPE tether_hub_dropped_total counter");
+    let _ = writeln!(m, "# HELP tether_hub_dropped_total Connections dropped before a link formed, by reason; silent: a link that received nothing for [autonomy] link_check_after and left a check unanswered.\n# TYPE tether_hub_dropped_total counter");
     for (label, n) in &c.dropped {
         let _ = writeln!(m, "tether_hub_dropped_total{{reason=\"{label}\"}} {n}");
     }

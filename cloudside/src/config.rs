@@ -122,6 +122,14 @@ pub struct Autonomy {
     /// How often a protected node's Lease is renewed (and cut-off nodes
     /// are looked at).
     pub renew_every: Duration,
+    /// A linked node whose link received nothing for this long is checked
+    /// (a stream the edge always refuses): a black hole is otherwise seen
+    /// only after 1.5 × the edge's keepalive, later than Kubernetes' node
+    /// grace. `None`: `"0s"`, no checks.
+    pub link_check_after: Option<Duration>,
+    /// How long a check waits for the edge's answer before the link is
+    /// dropped as dead.
+    pub link_check_timeout: Duration,
     /// The pod webhook (`webhook_listen`, `webhook_cert`, `webhook_key`),
     /// if configured.
     pub webhook: Option<Webhook>,
@@ -146,6 +154,15 @@ pub struct Webhook {
 /// renewal, so the hub must renew well within it, as kubelet does every
 /// 10 s.
 pub const MAX_RENEW_EVERY: Duration = Duration::from_secs(20);
+
+/// The default `link_check_after`: kubelet renews its Lease every 10 s
+/// through the link, so a node with a kubelet is never this quiet.
+pub const LINK_CHECK_AFTER: Duration = Duration::from_secs(15);
+
+/// The default `link_check_timeout`: ample for an answer over a slow
+/// uplink, and 15 s + 5 s of silence leaves the first renewal well within
+/// the 40 s node grace.
+pub const LINK_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Everything the hub reads from its config file.
 #[derive(Debug, Clone)]
@@ -627,6 +644,29 @@ fn parse_autonomy(
         Some(d) => d,
         None => Duration::from_secs(10),
     };
+    let link_check_after = match errors.opt(t.duration("link_check_after")) {
+        Some(d) if d.is_zero() => None,
+        Some(d) if d < Duration::from_secs(1) || d > Duration::from_secs(3600) => {
+            errors.push(t.error(
+                "link_check_after",
+                "must be \"0s\" (no checks) or from 1s to 1h: a linked node silent this long is checked",
+            ));
+            Some(LINK_CHECK_AFTER)
+        }
+        Some(d) => Some(d),
+        None => Some(LINK_CHECK_AFTER),
+    };
+    let link_check_timeout = match errors.opt(t.duration("link_check_timeout")) {
+        Some(d) if d < Duration::from_millis(100) || d > Duration::from_secs(60) => {
+            errors.push(t.error(
+                "link_check_timeout",
+                "must be from 100ms to 60s: how long a check waits for the edge's answer before the link is dropped",
+            ));
+            LINK_CHECK_TIMEOUT
+        }
+        Some(d) => d,
+        None => LINK_CHECK_TIMEOUT,
+    };
     let webhook = parse_webhook(t, base, errors);
     let ((host, port), ca, identity) = (endpoint?, ca?, identity?);
     Some(Autonomy {
@@ -636,6 +676,8 @@ fn parse_autonomy(
         ca,
         identity,
         renew_every,
+        link_check_after,
+        link_check_timeout,
         webhook,
     })
 }
@@ -739,7 +781,7 @@ mod tests {
     fn autonomy() {
         let base = "[listen]\nlink = \"127.0.0.1:7443\"\n[tls]\nplaintext = true\n[auth]\ntoken_file = \"t\"\n";
         let c = parse(
-            &format!("{base}[autonomy]\napiserver = \"https://[::1]:6443\"\nca = \"ca.pem\"\ncert = \"hub.pem\"\nkey = \"hub-key.pem\"\nrenew_every = \"5s\"\n"),
+            &format!("{base}[autonomy]\napiserver = \"https://[::1]:6443\"\nca = \"ca.pem\"\ncert = \"hub.pem\"\nkey = \"hub-key.pem\"\nrenew_every = \"5s\"\nlink_check_after = \"0s\"\nlink_check_timeout = \"1500ms\"\n"),
             Path::new("/etc/tether"),
         )
         .expect("valid");
@@ -749,6 +791,8 @@ mod tests {
             ("::1", 6443, "::1")
         );
         assert_eq!(a.renew_every, Duration::from_secs(5));
+        assert_eq!(a.link_check_after, None, "\"0s\" turns the check off");
+        assert_eq!(a.link_check_timeout, Duration::from_millis(1500));
         assert_eq!(
             a.identity,
             ApiIdentity::Certificate {
@@ -769,6 +813,8 @@ mod tests {
             ApiIdentity::Token(PathBuf::from("/var/run/token"))
         );
         assert_eq!(a.renew_every, Duration::from_secs(10));
+        assert_eq!(a.link_check_after, Some(Duration::from_secs(15)));
+        assert_eq!(a.link_check_timeout, Duration::from_secs(5));
         assert_eq!(a.webhook, None);
         let c = parse(
             &format!("{base}[autonomy]\napiserver = \"https://x\"\nca = \"c\"\ntoken_file = \"t\"\nwebhook_listen = \"0.0.0.0:8443\"\nwebhook_cert = \"w.pem\"\nwebhook_key = \"w-key.pem\"\n"),
@@ -791,6 +837,8 @@ mod tests {
             ("[autonomy]\napiserver = \"https://x\"\nca = \"c\"\n", "autonomy.token_file: missing"),
             ("[autonomy]\napiserver = \"https://x\"\nca = \"c\"\ncert = \"c\"\n", "cert and key go together"),
             ("[autonomy]\napiserver = \"https://x\"\nca = \"c\"\ntoken_file = \"t\"\nrenew_every = \"40s\"\n", "autonomy.renew_every: must be from 1s to 20s"),
+            ("[autonomy]\napiserver = \"https://x\"\nca = \"c\"\ntoken_file = \"t\"\nlink_check_after = \"500ms\"\n", "autonomy.link_check_after: must be \"0s\" (no checks) or from 1s to 1h"),
+            ("[autonomy]\napiserver = \"https://x\"\nca = \"c\"\ntoken_file = \"t\"\nlink_check_timeout = \"2m\"\n", "autonomy.link_check_timeout: must be from 100ms to 60s"),
             ("[autonomy]\napiserver = \"https://x\"\nca = \"c\"\ntoken_file = \"t\"\nwebhook_listen = \"0.0.0.0:8443\"\n", "autonomy.webhook_cert: the webhook needs webhook_cert and webhook_key"),
             ("[autonomy]\napiserver = \"https://x\"\nca = \"c\"\ntoken_file = \"t\"\nwebhook_cert = \"w.pem\"\nwebhook_key = \"w-key.pem\"\n", "autonomy.webhook_listen: missing"),
             ("[autonomy]\napiserver = \"https://x\"\nca = \"c\"\ntoken_file = \"t\"\nwebhook_listen = \"8443\"\nwebhook_cert = \"w.pem\"\nwebhook_key = \"k.pem\"\n", "autonomy.webhook_listen: \"8443\" is not an address"),

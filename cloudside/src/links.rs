@@ -7,6 +7,7 @@
 //! in that phase, no more are accepted; anything malformed is dropped at once.
 
 use crate::auth::{self, Tokens};
+use crate::autonomy::check::{self, LinkCheck, Step};
 use crate::config::HubConfig;
 use crate::registry::{Node, Registry};
 use crate::upstream;
@@ -365,18 +366,55 @@ async fn link<C>(
         }
     );
     let keep_alive = hello.keep_alive;
-    let err = link
-        .drive(conn, &pending, |s| {
-            s.hub_accept(Instant::now(), keep_alive, resumed)
-        })
-        .await;
+    let driven = link.drive(conn, &pending, |s| {
+        s.hub_accept(Instant::now(), keep_alive, resumed)
+    });
+    // With [autonomy], a link that fell silent is checked, and cut when
+    // the check goes unanswered (a black hole), long before the edge's
+    // keepalive would find it (autonomy::check). The session stays, so
+    // the edge resumes it when it reconnects.
+    let check = hub
+        .cfg
+        .autonomy
+        .as_ref()
+        .and_then(|a| LinkCheck::new(a.link_check_after, a.link_check_timeout));
+    let found_dead = std::cell::Cell::new(false);
+    let err = match check {
+        Some(check) => {
+            let since = Instant::now();
+            let watched = async {
+                if let Step::Drop { silent, timeout } = check::watch(&link, check, since).await {
+                    warn!(
+                        "link to {node} from {peer} silent for {} s and a check unanswered in {} s: dropped as dead",
+                        silent.as_secs(),
+                        timeout.as_secs_f64()
+                    );
+                    hub.registry.borrow_mut().dropped("silent");
+                    found_dead.set(true);
+                    link.cut("silent, and a link check went unanswered");
+                }
+                // The driver returns the cut; this side never ends first.
+                futures_lite::future::pending::<DriveError>().await
+            };
+            driven.or(watched).await
+        }
+        None => driven.await,
+    };
     if matches!(err, DriveError::Superseded) {
         info!("node {node}: link from {peer} replaced by a newer one");
         return;
     }
-    if let Some(n) = hub.registry.borrow_mut().nodes.get_mut(&node) {
-        n.linked = false;
-        n.down_since = Some((Instant::now(), SystemTime::now()));
+    {
+        let mut reg = hub.registry.borrow_mut();
+        if let Some(n) = reg.nodes.get_mut(&node) {
+            n.linked = false;
+            n.down_since = Some((Instant::now(), SystemTime::now()));
+        }
+        // That node may need its Lease renewed now.
+        reg.autonomy.wake();
+    }
+    if found_dead.get() {
+        return; // logged once above
     }
     match err {
         DriveError::Link(LinkError::Closed) => {

@@ -39,7 +39,8 @@ pub struct Counters {
     pub handshakes: usize,
     /// Links refused by reason label.
     pub refused: BTreeMap<&'static str, u64>,
-    /// Connections dropped before or at CONNECT by reason label.
+    /// Connections dropped before or at CONNECT by reason label, and
+    /// `silent`: links dropped as dead by the link check of `[autonomy]`.
     pub dropped: BTreeMap<&'static str, u64>,
     /// Joins and renewals by outcome label (`joined`, `renewed`, or the
     /// refusal's).
@@ -97,7 +98,8 @@ impl Registry {
         *self.counters.joins.entry(label).or_default() += 1;
     }
 
-    /// Counts a connection dropped before a link formed.
+    /// Counts a connection dropped before a link formed (or, as `silent`,
+    /// a link the link check found dead).
     pub fn dropped(&mut self, label: &'static str) {
         *self.counters.dropped.entry(label).or_default() += 1;
     }

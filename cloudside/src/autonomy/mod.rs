@@ -15,17 +15,25 @@
 //! errors from kube-apiserver are logged once per change of error and the
 //! request is tried again next period.
 //!
+//! A link drop wakes the controller at once, so a node that becomes
+//! protected is renewed without waiting up to `renew_every`; and a linked
+//! node's link that fell silent is checked and dropped if dead
+//! ([`check`]), so a black hole is seen within Kubernetes' node grace.
+//!
+//! - [`check`]: the link check (when to ask a quiet link, when to drop it).
 //! - [`client`]: the HTTPS client to kube-apiserver.
 //! - [`objects`]: Lease, Node annotation, Events, error texts (sans IO).
 //! - [`webhook`]: the mutating admission webhook that gives pods labelled
 //!   `tether.io/offline: autonomy` tolerations without a time limit.
 
+pub mod check;
 pub mod client;
 pub mod objects;
 pub mod webhook;
 
 use crate::links::Hub;
 use client::Client;
+use futures_lite::FutureExt;
 use log::{info, warn};
 use objects::Action;
 use std::collections::{BTreeMap, BTreeSet};
@@ -66,6 +74,22 @@ pub struct Status {
     pub enabled: bool,
     /// The pod webhook's counters.
     pub webhook: webhook::Counters,
+    /// Something changed that may protect a node (a link dropped): the
+    /// controller looks again now.
+    woken: bool,
+    /// The controller, waiting for its next period.
+    waker: Option<std::task::Waker>,
+}
+
+impl Status {
+    /// Wakes the controller for a look at every node now (a link dropped:
+    /// that node may need its Lease renewed before its next period).
+    pub fn wake(&mut self) {
+        self.woken = true;
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
 }
 
 /// Whether the hub protects a node, and why (or why not).
@@ -160,15 +184,25 @@ pub async fn run(hub: Rc<Hub>, mut client: Client, every: Duration) {
     );
     hub.registry.borrow_mut().autonomy.enabled = true;
     let mut nodes: BTreeMap<NodeName, Tracked> = BTreeMap::new();
-    let mut next = Instant::now();
     loop {
+        let started = Instant::now();
+        // A wake from now on is for something this look may miss.
+        hub.registry.borrow_mut().autonomy.woken = false;
         tick(&hub, &mut client, &mut nodes).await;
-        next += every;
-        let now = Instant::now();
-        if next < now {
-            next = now;
-        }
-        async_io::Timer::at(next).await;
+        let woken = futures_lite::future::poll_fn(|cx| {
+            let mut reg = hub.registry.borrow_mut();
+            if std::mem::take(&mut reg.autonomy.woken) {
+                std::task::Poll::Ready(())
+            } else {
+                reg.autonomy.waker = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        });
+        woken
+            .or(async {
+                async_io::Timer::at(started + every).await;
+            })
+            .await;
     }
 }
 
