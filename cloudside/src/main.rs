@@ -198,6 +198,13 @@ CONFIG FILE (a strict TOML subset; unknown keys are errors):
                                     a pod: .../serviceaccount/token).
     renew_every = \"10s\"             Renewal period, 1s to 20s (kubelet's is
                                     10s; nodes go Unknown 40s after the last).
+    link_check_after = \"15s\"        A linked node's link silent this long is
+                                    checked with a stream the edge refuses;
+                                    \"0s\": no checks (a black hole is then
+                                    seen only after 1.5 x the edge's
+                                    keepalive).
+    link_check_timeout = \"5s\"       No answer this long: the link is dropped
+                                    as dead, so autonomy applies.
     webhook_listen = \"0.0.0.0:8443\" Optional: a mutating admission webhook
     webhook_cert = \"webhook.pem\"    (HTTPS, POST /mutate-pods) that gives
     webhook_key = \"webhook-key.pem\" pods labelled tether.io/offline: autonomy

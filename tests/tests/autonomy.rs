@@ -43,9 +43,32 @@ fn identity_of(identity: &Identity) -> String {
     }
 }
 
+/// What a test changes in [`start_with`].
+struct Setup {
+    /// The hub's `renew_every`.
+    renew: Duration,
+    /// More `[autonomy]` keys of the hub.
+    autonomy_extra: &'static str,
+    /// The edges' `[link] keepalive`, if not their default.
+    edge_keepalive: Option<&'static str>,
+}
+
 /// The stand-in (TLS) and a unit of three with probe interval 2 s, each
-/// edge's link behind a fault proxy, and a hub with `[autonomy]`.
+/// edge's link behind a fault proxy, and a hub with `[autonomy]` renewing
+/// every [`RENEW`].
 fn start(identity: &Identity) -> (Unit, StandIn) {
+    start_with(
+        identity,
+        &Setup {
+            renew: RENEW,
+            autonomy_extra: "",
+            edge_keepalive: None,
+        },
+    )
+}
+
+/// [`start`] as `setup` says.
+fn start_with(identity: &Identity, setup: &Setup) -> (Unit, StandIn) {
     let pki = Pki::new();
     let api = StandIn::start_tls(&pki);
     let auth = match identity {
@@ -63,10 +86,11 @@ fn start(identity: &Identity) -> (Unit, StandIn) {
         }
     };
     let extra = format!(
-        "[autonomy]\napiserver = \"{}\"\nca = \"{}\"\n{auth}renew_every = \"{}s\"\n",
+        "[autonomy]\napiserver = \"{}\"\nca = \"{}\"\n{auth}renew_every = \"{}s\"\n{}",
         api.url(),
         pki.ca.display(),
-        RENEW.as_secs()
+        setup.renew.as_secs(),
+        setup.autonomy_extra
     );
     let hub = start_hub(&pki, Transport::Plain, &NAMES, &extra);
     let (key_file, key) = write_key(&pki, "unit.key", 7);
@@ -86,6 +110,16 @@ fn start(identity: &Identity) -> (Unit, StandIn) {
             .collect();
         let keys = health_keys(ports[i], &key_file, &peers, "2s", 3);
         let config = edge_config(&pki, name, "site-a", proxy.addr(), status, "info", &keys);
+        if let Some(keepalive) = setup.edge_keepalive {
+            let text = std::fs::read_to_string(&config).expect("edge config");
+            assert!(text.contains("[link]\n"), "{text}");
+            let text = text.replacen(
+                "[link]\n",
+                &format!("[link]\nkeepalive = \"{keepalive}\"\n"),
+                1,
+            );
+            std::fs::write(&config, text).expect("edge config");
+        }
         members.push(Member {
             name: name.to_string(),
             health: ports[i],
@@ -460,4 +494,102 @@ fn a_forbidden_lease_update_is_logged_once_with_the_missing_permission() {
     assert_eq!(events(&api, "edge-3").len(), 1);
     let s = shown(unit.hub.admin, "edge-3");
     assert!(s.contains("lacks RBAC verb"), "{s}");
+}
+
+#[test]
+fn a_black_holed_link_is_dropped_after_an_unanswered_check_and_the_node_renewed_at_once() {
+    // Edges with a board's long keepalive: alone, the hub would see a black
+    // hole only after 1.5 × 60 s. A long renewal period too, so a renewal
+    // soon after the drop shows the controller was woken by it.
+    let identity = Identity::Certificate;
+    let (mut unit, api) = start_with(
+        &identity,
+        &Setup {
+            renew: Duration::from_secs(20),
+            autonomy_extra: "link_check_after = \"3s\"\nlink_check_timeout = \"1s\"\n",
+            edge_keepalive: Some("60s"),
+        },
+    );
+    let admin = unit.hub.admin;
+    let silent = "tether_hub_dropped_total{reason=\"silent\"}";
+    // The edges report their verdicts every 2 s over their links: never
+    // silent for 3 s while healthy, so never dropped.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        cluster::metric(admin, silent),
+        None,
+        "{}",
+        unit.hub.proc.logs()
+    );
+    assert!(NAMES.iter().all(|n| cluster::is_linked(admin, n)));
+
+    let holed_at = Instant::now();
+    unit.member("edge-3")
+        .proxy
+        .as_ref()
+        .expect("proxied")
+        .black_hole(true);
+    let dropped = wait_until(Duration::from_secs(15), || {
+        !cluster::is_linked(admin, "edge-3")
+    });
+    assert!(dropped.is_some(), "edge-3 still linked:\n{}", unit.logs());
+    let dropped_after = holed_at.elapsed();
+    let first = wait_until(Duration::from_secs(15), || {
+        !renewals(&api, "edge-3").is_empty()
+    });
+    assert!(first.is_some(), "no renewal of edge-3:\n{}", unit.logs());
+    let renewed_after = holed_at.elapsed();
+    eprintln!(
+        "autonomy: black-holed edge-3 dropped {:.2} s and first renewed {:.2} s after the black hole began (edge keepalive 60 s)",
+        dropped_after.as_secs_f64(),
+        renewed_after.as_secs_f64()
+    );
+    // Well before 1.5 × keepalive (90 s), and within the node grace.
+    assert!(renewed_after < Duration::from_secs(15), "{renewed_after:?}");
+    // Woken by the drop, not at its next period (20 s).
+    assert!(
+        renewed_after - dropped_after < Duration::from_secs(5),
+        "renewed {:?} after the drop",
+        renewed_after - dropped_after
+    );
+    let needle = "link to edge-3 from";
+    assert!(
+        unit.hub.proc.wait_for_log(needle, Duration::from_secs(5)),
+        "{}",
+        unit.hub.proc.logs()
+    );
+    assert_eq!(
+        unit.hub.proc.count_log(needle),
+        1,
+        "{}",
+        unit.hub.proc.logs()
+    );
+    assert_eq!(
+        unit.hub
+            .proc
+            .count_log("silent for 3 s and a check unanswered in 1 s: dropped as dead"),
+        1,
+        "{}",
+        unit.hub.proc.logs()
+    );
+    assert_eq!(cluster::metric(admin, silent), Some(1.0));
+    assert!(
+        wait_until(Duration::from_secs(5), || !events(&api, "edge-3")
+            .is_empty())
+        .is_some(),
+        "no Event:\n{}",
+        unit.hub.proc.logs()
+    );
+    let ev = events(&api, "edge-3");
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].0, "TetherAutonomyStarted");
+    assert!(
+        ev[0]
+            .1
+            .contains("unit site-a votes it alive (2 alive, 0 dead)"),
+        "{ev:?}"
+    );
+    // The others' links stay up, unchecked.
+    assert!(cluster::is_linked(admin, "edge-1") && cluster::is_linked(admin, "edge-2"));
+    assert!(renewals(&api, "edge-1").is_empty() && renewals(&api, "edge-2").is_empty());
 }
