@@ -208,40 +208,40 @@ pub fn spki_of_certificate(cert_der: &[u8]) -> Option<&[u8]> {
 /// a certificate: the name `tether-hub token create --print-join-command`
 /// puts into the join command when no `--hub` is given.
 pub fn first_san(cert_der: &[u8]) -> Option<String> {
-    let (tag, cert, _) = der_any(cert_der)?;
-    let (tbs_tag, mut rest, _) = der_any(cert)?;
+    let (tag, cert, _) = tether_link::der::read_any(cert_der)?;
+    let (tbs_tag, mut rest, _) = tether_link::der::read_any(cert)?;
     if tag != 0x30 || tbs_tag != 0x30 {
         return None;
     }
     // Walk the TBSCertificate's fields up to the [3] extensions.
     let extensions = loop {
-        let (tag, content, next) = der_any(rest)?;
+        let (tag, content, next) = tether_link::der::read_any(rest)?;
         if tag == 0xa3 {
             break content;
         }
         rest = next;
     };
-    let (tag, mut list, _) = der_any(extensions)?;
+    let (tag, mut list, _) = tether_link::der::read_any(extensions)?;
     if tag != 0x30 {
         return None;
     }
     while !list.is_empty() {
-        let (_, ext, next) = der_any(list)?;
+        let (_, ext, next) = tether_link::der::read_any(list)?;
         list = next;
-        let (tag, oid, mut fields) = der_any(ext)?;
+        let (tag, oid, mut fields) = tether_link::der::read_any(ext)?;
         // id-ce-subjectAltName, 2.5.29.17.
         if tag != 0x06 || oid != [0x55, 0x1d, 0x11] {
             continue;
         }
         let value = loop {
-            let (tag, content, next) = der_any(fields)?;
+            let (tag, content, next) = tether_link::der::read_any(fields)?;
             if tag == 0x04 {
                 break content;
             }
             fields = next; // the optional `critical` BOOLEAN
         };
-        let (_, names, _) = der_any(value)?;
-        let (tag, name, _) = der_any(names)?;
+        let (_, names, _) = tether_link::der::read_any(value)?;
+        let (tag, name, _) = tether_link::der::read_any(names)?;
         return match (tag, name.len()) {
             (0x82, _) => std::str::from_utf8(name).ok().map(str::to_owned),
             (0x87, 4) => Some(IpAddr::from(<[u8; 4]>::try_from(name).ok()?).to_string()),
@@ -250,27 +250,6 @@ pub fn first_san(cert_der: &[u8]) -> Option<String> {
         };
     }
     None
-}
-
-/// Reads one DER element of any tag: (tag, contents, rest).
-fn der_any(buf: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let tag = *buf.first()?;
-    let first = *buf.get(1)?;
-    let (len, head) = if first < 0x80 {
-        (usize::from(first), 2)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let mut len = 0usize;
-        for i in 0..n {
-            len = (len << 8) | usize::from(*buf.get(2 + i)?);
-        }
-        (len, 2 + n)
-    };
-    let end = head.checked_add(len)?;
-    Some((tag, buf.get(head..end)?, buf.get(end..)?))
 }
 
 /// A `--san` value as rcgen's SAN and as shown (`DNS:x`, `IP:x`).
@@ -371,15 +350,7 @@ fn days_since_epoch() -> i64 {
 /// The civil date (year, month, day) of a day count since 1970-01-01
 /// (Howard Hinnant's days_from_civil, inverted).
 fn ymd(days: i64) -> (i32, u8, u8) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = tether_link::logger::civil(days);
     (
         i32::try_from(year).unwrap_or(i32::MAX),
         month as u8,

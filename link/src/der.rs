@@ -21,9 +21,15 @@ pub fn tlv(tag: u8, contents: &[u8]) -> Vec<u8> {
 /// Reads one DER element with tag `tag`: (contents, rest). `None` when the
 /// tag differs or the length runs past the buffer.
 pub fn read(buf: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-    if *buf.first()? != tag {
-        return None;
+    match read_any(buf)? {
+        (t, contents, rest) if t == tag => Some((contents, rest)),
+        _ => None,
     }
+}
+
+/// Reads one DER element of any tag: (tag, contents, rest).
+pub fn read_any(buf: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let tag = *buf.first()?;
     let first = *buf.get(1)?;
     let (len, head) = if first < 0x80 {
         (usize::from(first), 2)
@@ -39,7 +45,7 @@ pub fn read(buf: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
         (len, 2 + n)
     };
     let end = head.checked_add(len)?;
-    Some((buf.get(head..end)?, buf.get(end..)?))
+    Some((tag, buf.get(head..end)?, buf.get(end..)?))
 }
 
 /// PEM text of one DER object under `label` (`CERTIFICATE`, `PRIVATE

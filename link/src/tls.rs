@@ -191,23 +191,13 @@ pub fn subject_public_key_info(der: &[u8]) -> Option<&[u8]> {
 /// The serial number of a DER certificate (the INTEGER's content bytes):
 /// what the hub's node records name a certificate by.
 pub fn serial_of_certificate(der: &[u8]) -> Option<&[u8]> {
-    let (cert, _) = der_read(der, 0x30)?;
-    let (mut rest, _) = der_read(cert, 0x30)?;
-    if rest.first() == Some(&0xa0) {
-        rest = der_read(rest, 0xa0)?.1;
-    }
-    Some(der_read(rest, 0x02)?.0)
+    Some(der_read(from_serial(der)?, 0x02)?.0)
 }
 
 /// A DER certificate's validity as unix seconds: (not before, not after).
 /// The edge schedules its renewal from it.
 pub fn validity_of_certificate(der: &[u8]) -> Option<(i64, i64)> {
-    let (cert, _) = der_read(der, 0x30)?;
-    let (mut rest, _) = der_read(cert, 0x30)?;
-    if rest.first() == Some(&0xa0) {
-        rest = der_read(rest, 0xa0)?.1;
-    }
-    rest = der_read(rest, 0x02)?.1; // serial
+    let mut rest = der_read(from_serial(der)?, 0x02)?.1; // serial
     rest = der_read(rest, 0x30)?.1; // signature algorithm
     rest = der_read(rest, 0x30)?.1; // issuer
     let (validity, _) = der_read(rest, 0x30)?;
@@ -266,15 +256,20 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// The fields of a DER certificate's TBSCertificate from its serial on
+/// (past the optional version).
+fn from_serial(der: &[u8]) -> Option<&[u8]> {
+    let (cert, _) = der_read(der, 0x30)?;
+    let (rest, _) = der_read(cert, 0x30)?;
+    match rest.first() {
+        Some(0xa0) => Some(der_read(rest, 0xa0)?.1),
+        _ => Some(rest),
+    }
+}
+
 /// The fields of a DER certificate's TBSCertificate from its subject on.
 fn from_subject(der: &[u8]) -> Option<&[u8]> {
-    let (cert, _) = der_read(der, 0x30)?;
-    let (mut rest, _) = der_read(cert, 0x30)?;
-    // Optional [0] version.
-    if rest.first() == Some(&0xa0) {
-        rest = der_read(rest, 0xa0)?.1;
-    }
-    rest = der_read(rest, 0x02)?.1; // serial
+    let mut rest = der_read(from_serial(der)?, 0x02)?.1; // serial
     rest = der_read(rest, 0x30)?.1; // signature algorithm
     rest = der_read(rest, 0x30)?.1; // issuer
     rest = der_read(rest, 0x30)?.1; // validity

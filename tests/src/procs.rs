@@ -78,6 +78,24 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Runs the workspace binary `name` with `args` to completion: (exit
+/// status, or -1 on a signal; stdout; stderr).
+///
+/// # Panics
+///
+/// If the binary cannot be started.
+pub fn run(name: &str, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(bin(name))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {name}: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Why [`build_bins`] did not build.
 #[derive(Debug, Clone)]
 enum BuildError {

@@ -5,23 +5,15 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::Command;
+
 use std::sync::Arc;
 use std::time::Duration;
 use tether_tests::cluster::{token_of, wait_linked};
 use tether_tests::pki::Pki;
-use tether_tests::procs::{bin, free_port, wait_http_ok, Proc};
+use tether_tests::procs::{bin, free_port, run, wait_http_ok, Proc};
 
 fn hub(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin("tether-hub"))
-        .args(args)
-        .output()
-        .expect("run tether-hub");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run("tether-hub", args)
 }
 
 /// The `[tls]` block init printed (from `[tls]` to the end).

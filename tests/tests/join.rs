@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tether_edge::identity::exchange::exchange;
@@ -19,19 +19,10 @@ use tether_tests::apiserver::StandIn;
 use tether_tests::client::{call, JSON, KUBELET};
 use tether_tests::cluster::{is_linked, metric, node_field, wait_linked};
 use tether_tests::pki::Pki;
-use tether_tests::procs::{bin, free_port, wait_http_ok, Proc};
+use tether_tests::procs::{bin, free_port, run, wait_http_ok, Proc};
 
 const WAIT: Duration = Duration::from_secs(30);
 const PODS: &str = "/api/v1/pods?fieldSelector=spec.nodeName%3Dedge-1&limit=500&resourceVersion=0";
-
-fn run(program: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin(program)).args(args).output().expect("run");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn s(p: &Path) -> String {
     p.display().to_string()

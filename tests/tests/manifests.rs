@@ -9,21 +9,13 @@ use serde::Deserialize as _;
 use serde_yaml::Value;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
 use std::time::Duration;
 use tether_tests::pki::Pki;
-use tether_tests::procs::{bin, free_port, wait_http_ok, Proc};
+use tether_tests::procs::{bin, free_port, run, wait_http_ok, Proc};
 
 fn hub(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin("tether-hub"))
-        .args(args)
-        .output()
-        .expect("run tether-hub");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run("tether-hub", args)
 }
 
 /// Prints the manifests, which must succeed.

@@ -5,20 +5,12 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
+
 use tether_tests::pki::Pki;
-use tether_tests::procs::bin;
+use tether_tests::procs::run;
 
 fn hub(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin("tether-hub"))
-        .args(args)
-        .output()
-        .expect("run tether-hub");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run("tether-hub", args)
 }
 
 /// `init` into `dir`; returns the CA hash it printed.

@@ -254,8 +254,7 @@ impl StateFile {
 /// A time as RFC 3339 UTC with whole seconds (`2026-12-07T10:00:00Z`), for
 /// messages and listings.
 pub fn rfc3339(t: SystemTime) -> String {
-    let stamp = tether_link::logger::timestamp(t);
-    format!("{}Z", stamp.get(..19).unwrap_or(&stamp))
+    tether_link::logger::rfc3339(t)
 }
 
 /// Seconds since the Unix epoch, as the files store times (earlier times

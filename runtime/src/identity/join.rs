@@ -183,7 +183,7 @@ pub fn join(opts: &JoinOptions, out: &mut dyn Write) -> Result<(), JoinError> {
     say(format!(
         "[3/5] the hub (verified by the pinned CA) issued CN system:node:{}, valid until {}",
         opts.node,
-        rfc3339(until)
+        tether_link::logger::rfc3339(until)
     ));
 
     let identity = format!(
@@ -326,28 +326,6 @@ fn quote(s: &str) -> String {
     out
 }
 
-/// A time as `YYYY-MM-DDTHH:MM:SSZ`.
-pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 /// What `reset` was asked to remove.
 #[derive(Debug, Clone)]
 pub struct ResetOptions {
@@ -429,19 +407,6 @@ pub fn reset(opts: &ResetOptions, out: &mut dyn Write) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn times_print_as_rfc3339() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            rfc3339(UNIX_EPOCH + Duration::from_secs(1_796_614_209)),
-            "2026-12-07T03:30:09Z"
-        );
-        assert_eq!(
-            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
-            "2000-02-29T00:00:00Z"
-        );
-    }
 
     #[test]
     fn the_written_kubeconfig_points_at_the_proxy() {

@@ -65,7 +65,7 @@ pub async fn run(r: Renewal) {
                 Ok(until) => {
                     info!(
                         "node certificate renewed, valid until {}",
-                        super::join::rfc3339(until)
+                        tether_link::logger::rfc3339(until)
                     );
                     last_error.clear();
                     retry = RETRY_FIRST;
