@@ -79,6 +79,33 @@ impl ApiClient {
         })
     }
 
+    /// A client for a node that has no certificate yet (kubelet's TLS
+    /// bootstrap in `join`): only [`Identity::Own`] connections, whose
+    /// requests carry a bootstrap token. `cfg.cert` and `cfg.key` need
+    /// not exist.
+    pub fn without_node_certificate(
+        cfg: Apiserver,
+        link: Option<Link>,
+    ) -> Result<ApiClient, String> {
+        if cfg.direct.is_none() && link.is_none() {
+            return Err("apiserver: no link to reach it through, and no direct address".into());
+        }
+        let server_name = ServerName::try_from(cfg.server_name.clone())
+            .map_err(|e| format!("apiserver.server_name {:?}: {e}", cfg.server_name))?;
+        let own = connector(&cfg, None)?;
+        let tls = RefCell::new(Loaded {
+            node: own.clone(),
+            own,
+            stamps: stamps(&cfg),
+        });
+        Ok(ApiClient {
+            cfg,
+            link,
+            server_name,
+            tls,
+        })
+    }
+
     /// Whether connections go through the link and it is down.
     pub fn link_down(&self) -> bool {
         self.cfg.direct.is_none()
@@ -162,18 +189,22 @@ fn stamps(cfg: &Apiserver) -> [Option<SystemTime>; 3] {
     [stamp(&cfg.ca), stamp(&cfg.cert), stamp(&cfg.key)]
 }
 
+fn connector(
+    cfg: &Apiserver,
+    identity: Option<(&Path, &Path)>,
+) -> Result<futures_rustls::TlsConnector, String> {
+    let mut config = tether_link::tls::client_config(&cfg.ca, identity)
+        .map_err(|e| format!("apiserver: {e}"))?;
+    // HTTP/1.1 only: the proxy speaks it on both sides.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(futures_rustls::TlsConnector::from(Arc::new(config)))
+}
+
 fn load(cfg: &Apiserver) -> Result<Loaded, String> {
     let stamps = stamps(cfg);
-    let connector = |identity| -> Result<futures_rustls::TlsConnector, String> {
-        let mut config = tether_link::tls::client_config(&cfg.ca, identity)
-            .map_err(|e| format!("apiserver: {e}"))?;
-        // HTTP/1.1 only: the proxy speaks it on both sides.
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(futures_rustls::TlsConnector::from(Arc::new(config)))
-    };
     Ok(Loaded {
-        node: connector(Some((&cfg.cert, &cfg.key)))?,
-        own: connector(None)?,
+        node: connector(cfg, Some((&cfg.cert, &cfg.key)))?,
+        own: connector(cfg, None)?,
         stamps,
     })
 }
