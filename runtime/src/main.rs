@@ -19,6 +19,8 @@ USAGE:
                 [--node-name NAME] [--board MODEL|FILE] [--boards DIR]
                 [--config FILE] [--dir DIR] [--kubeconfig FILE]
                 [--timeout DURATION] [--force]
+                [--kube-token ID.SECRET [--kube-ca FILE]
+                 [--kubelet-pki DIR] [--kube-timeout DURATION]]
     tether-edge reset [--config FILE] [--dir DIR] [--kubeconfig FILE]
     tether-edge --help | --version
 
@@ -54,11 +56,33 @@ COMMANDS:
                     --dir         [default: /etc/tether]
                     --kubeconfig  [default: /etc/tether/kubelet.kubeconfig]
                     --timeout     per exchange with the hub [default: 10s]
+                    With --kube-token (a Kubernetes bootstrap token, as
+                    `kubeadm token create` makes), join then does
+                    kubelet's TLS bootstrap through the hub: a new key
+                    here, a CertificateSigningRequest (signer
+                    kubernetes.io/kube-apiserver-client-kubelet) sent
+                    with the token, its certificate once approved, kept
+                    as kubelet keeps it: DIR/kubelet-client-<time>.pem
+                    (certificate and key, 0600) and the symlink
+                    DIR/kubelet-client-current.pem, which the edge
+                    config's [apiserver] and the kubeconfig name, so
+                    kubelet's own rotation keeps it current. Without it,
+                    kubelet's credentials must come from elsewhere.
+                    --kube-ca     the cluster CA [default: the board
+                                  file's [apiserver] ca, else
+                                  /etc/kubernetes/pki/ca.crt]
+                    --kubelet-pki DIR, kubelet's --cert-dir [default:
+                                  /var/lib/kubelet/pki]
+                    --kube-timeout for the approval [default: 5m]
                     Exit status: 1 a problem here (existing identity, bad
                     config), 2 bad command line, 3 the hub refused (the
                     message says why: token, node, revoked), 4 the hub
                     could not be reached or verified (wrong --ca-hash),
-                    5 files written but the link check failed.
+                    5 files written but the link check failed, 6 the hub
+                    identity is written and works but kubelet's TLS
+                    bootstrap failed (token unknown or expired, not
+                    allowed, denied, not approved in time); nothing of
+                    kubelet's is written then.
     reset           Undo a join: remove DIR/node.pem, DIR/hub-ca.pem, the
                     kubeconfig, the cache and the config (files join did
                     not write are named and left alone). Stop the edge
@@ -310,6 +334,8 @@ fn join(args: &[String]) -> ExitCode {
     let mut kubeconfig = PathBuf::from(j::DEFAULT_KUBECONFIG);
     let mut timeout = std::time::Duration::from_secs(10);
     let mut force = false;
+    let (mut kube_token, mut kube_ca, mut kubelet_pki, mut kube_timeout) =
+        (None, None, None::<PathBuf>, None);
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = |name: &str| match it.next() {
@@ -338,6 +364,14 @@ fn join(args: &[String]) -> ExitCode {
                 force = true;
                 Ok(())
             }
+            "--kube-token" => value("--kube-token").map(|v| kube_token = Some(v)),
+            "--kube-ca" => value("--kube-ca").map(|v| kube_ca = Some(PathBuf::from(v))),
+            "--kubelet-pki" => value("--kubelet-pki").map(|v| kubelet_pki = Some(v.into())),
+            "--kube-timeout" => value("--kube-timeout").and_then(|v| {
+                tether_conf::parse_duration(&v)
+                    .map(|d| kube_timeout = Some(d))
+                    .map_err(|e| usage(&format!("--kube-timeout: {e}")))
+            }),
             other if other.starts_with('-') => Err(usage(&format!("unknown argument {other:?}"))),
             other if hub.is_none() => {
                 hub = Some(other.to_owned());
@@ -379,6 +413,24 @@ fn join(args: &[String]) -> ExitCode {
         Ok(n) => n,
         Err(e) => return usage(&format!("node name: {e}; give one with --node-name")),
     };
+    let kube = match kube_token {
+        Some(token) => {
+            if !is_bootstrap_token(&token) {
+                return usage("--kube-token: not a Kubernetes bootstrap token: 6 and 16 characters of [a-z0-9] joined by '.', as `kubeadm token create` prints");
+            }
+            Some(tether_edge::identity::kubelet::KubeOptions {
+                token,
+                ca: kube_ca,
+                pki: kubelet_pki
+                    .unwrap_or_else(|| tether_edge::identity::kubelet::DEFAULT_PKI.into()),
+                timeout: kube_timeout.unwrap_or(tether_edge::identity::kubelet::DEFAULT_TIMEOUT),
+            })
+        }
+        None if kube_ca.is_some() || kubelet_pki.is_some() || kube_timeout.is_some() => {
+            return usage("--kube-ca, --kubelet-pki and --kube-timeout are for kubelet's TLS bootstrap: they need --kube-token");
+        }
+        None => None,
+    };
     let opts = j::JoinOptions {
         hub,
         token,
@@ -391,6 +443,7 @@ fn join(args: &[String]) -> ExitCode {
         kubeconfig,
         force,
         timeout,
+        kube,
     };
     match j::join(&opts, &mut std::io::stdout()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -399,6 +452,18 @@ fn join(args: &[String]) -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// Whether `t` has the shape of a Kubernetes bootstrap token: `[a-z0-9]{6}`
+/// `.` `[a-z0-9]{16}`.
+fn is_bootstrap_token(t: &str) -> bool {
+    let ok = |s: &str, n| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
+    t.split_once('.')
+        .is_some_and(|(id, secret)| ok(id, 6) && ok(secret, 16))
 }
 
 /// `reset [--config FILE] [--dir DIR] [--kubeconfig FILE]`: undoes a join.

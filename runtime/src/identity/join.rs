@@ -12,6 +12,7 @@
 use super::exchange::{exchange, host_of, ExchangeError};
 use super::files::{self, Planned};
 use super::key::NodeKey;
+use super::kubelet::{self, KubeError, KubeOptions};
 use super::pin::{CaHash, PinnedCa};
 use crate::config;
 use crate::fleet::Fleet;
@@ -64,6 +65,9 @@ pub struct JoinOptions {
     pub force: bool,
     /// Per exchange with the hub.
     pub timeout: Duration,
+    /// kubelet's TLS bootstrap (`--kube-token`); `None`: kubelet's
+    /// credentials come from elsewhere.
+    pub kube: Option<KubeOptions>,
 }
 
 impl JoinOptions {
@@ -95,17 +99,22 @@ pub enum JoinError {
     Write(String),
     /// Everything was written, but a link with the new identity failed.
     Check(String),
+    /// The hub identity and config are written, but kubelet's TLS
+    /// bootstrap failed (none of kubelet's files were written).
+    Kube(KubeError),
 }
 
 impl JoinError {
     /// The exit status: 1 for problems here, 3 when the hub refused, 4
     /// when the hub could not be reached or verified, 5 when the files were
-    /// written but the link check failed.
+    /// written but the link check failed, 6 when they were written and
+    /// the link works but kubelet's TLS bootstrap failed.
     pub fn exit_code(&self) -> u8 {
         match self {
             JoinError::Refused(..) => 3,
             JoinError::Hub(_) => 4,
             JoinError::Check(_) => 5,
+            JoinError::Kube(_) => 6,
             _ => 1,
         }
     }
@@ -130,6 +139,10 @@ impl fmt::Display for JoinError {
                 f,
                 "the files are written, but a link with the new identity failed: {e}"
             ),
+            JoinError::Kube(e) => write!(
+                f,
+                "the hub identity and the config are written and the link works, but kubelet's TLS bootstrap failed: {e}. Fix that and join again with --force and a new hub token"
+            ),
         }
     }
 }
@@ -140,12 +153,15 @@ pub fn join(opts: &JoinOptions, out: &mut dyn Write) -> Result<(), JoinError> {
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
     };
+    let steps = if opts.kube.is_some() { 6 } else { 5 };
     say(format!(
-        "[1/5] joining node {} to the hub at {} (CA {})",
+        "[1/{steps}] joining node {} to the hub at {} (CA {})",
         opts.node, opts.hub, opts.ca_hash
     ));
     if !opts.force {
-        for p in [&opts.identity(), &opts.ca(), &opts.config, &opts.kubeconfig] {
+        let kubelet = opts.kube.as_ref().map(KubeOptions::current);
+        let ours = [&opts.identity(), &opts.ca(), &opts.config, &opts.kubeconfig];
+        for p in ours.into_iter().chain(kubelet.as_ref()) {
             if p.exists() {
                 return Err(JoinError::Exists(p.clone()));
             }
@@ -157,7 +173,9 @@ pub fn join(opts: &JoinOptions, out: &mut dyn Write) -> Result<(), JoinError> {
 
     let key = NodeKey::generate().map_err(JoinError::BadAnswer)?;
     let csr = key.csr(&opts.node).map_err(JoinError::BadAnswer)?;
-    say("[2/5] made the node's key (ECDSA P-256) on this board; it never leaves it".into());
+    say(format!(
+        "[2/{steps}] made the node's key (ECDSA P-256) on this board; it never leaves it"
+    ));
 
     let tls = PinnedCa::client_config(opts.ca_hash).map_err(JoinError::Config)?;
     let request = Request::Join {
@@ -181,7 +199,7 @@ pub fn join(opts: &JoinOptions, out: &mut dyn Write) -> Result<(), JoinError> {
     };
     let until = check_issued(&cert, &ca, &key, &opts.node, &opts.ca_hash)?;
     say(format!(
-        "[3/5] the hub (verified by the pinned CA) issued CN system:node:{}, valid until {}",
+        "[3/{steps}] the hub (verified by the pinned CA) issued CN system:node:{}, valid until {}",
         opts.node,
         tether_link::logger::rfc3339(until)
     ));
@@ -209,13 +227,13 @@ pub fn join(opts: &JoinOptions, out: &mut dyn Write) -> Result<(), JoinError> {
         },
         Planned {
             path: opts.kubeconfig.clone(),
-            data: kubeconfig(cfg.proxy.listen).into_bytes(),
+            data: kubeconfig(cfg.proxy.listen, opts.kube.as_ref()).into_bytes(),
             mode: 0o600,
         },
     ];
     files::write_all(&plan).map_err(JoinError::Write)?;
     say(format!(
-        "[4/5] wrote {} (certificate and key, 0600), {}, {} and {}",
+        "[4/{steps}] wrote {} (certificate and key, 0600), {}, {} and {}",
         opts.identity().display(),
         opts.ca().display(),
         opts.config.display(),
@@ -233,9 +251,23 @@ pub fn join(opts: &JoinOptions, out: &mut dyn Write) -> Result<(), JoinError> {
         opts.timeout,
     ))
     .map_err(JoinError::Check)?;
-    say(format!(
-        "[5/5] a link with the new identity comes up; start the edge: systemctl restart tether-edge (or tether-edge run --config {})",
+    let start = format!(
+        "start the edge: systemctl restart tether-edge (or tether-edge run --config {})",
         opts.config.display()
+    );
+    let Some(kube) = &opts.kube else {
+        say(format!(
+            "[5/5] a link with the new identity comes up; {start}. kubelet's client certificate must come from elsewhere (kubeadm join, or join again with --kube-token)"
+        ));
+        return Ok(());
+    };
+    say("[5/6] a link with the new identity comes up".into());
+    let file = kubelet::bootstrap(&cfg, kube, opts.timeout, &mut say).map_err(JoinError::Kube)?;
+    say(format!(
+        "[6/6] kube-apiserver issued kubelet's client certificate, CN system:node:{}: wrote {} (certificate and key, 0600) and {} pointing at it; kubelet's rotation keeps it current; {start}",
+        opts.node,
+        file.display(),
+        kube.current().display()
     ));
     Ok(())
 }
@@ -277,8 +309,27 @@ fn render_config(opts: &JoinOptions) -> Result<String, JoinError> {
         q(&opts.identity()),
         q(&opts.identity())
     );
+    let apiserver = |ca: Option<&Path>| match &opts.kube {
+        None => String::new(),
+        Some(k) => format!(
+            "\n[apiserver]\n{}cert = {}\nkey = {}\n",
+            ca.map_or(String::new(), |c| format!("ca = {}\n", q(c))),
+            q(&k.current()),
+            q(&k.current())
+        ),
+    };
+    let default_ca = Path::new(kubelet::DEFAULT_CA);
     let body = match &opts.board {
-        None => format!("node = {}\n\n{hub}", quote(opts.node.as_str())),
+        None => format!(
+            "node = {}\n\n{hub}{}",
+            quote(opts.node.as_str()),
+            apiserver(Some(
+                opts.kube
+                    .as_ref()
+                    .and_then(|k| k.ca.as_deref())
+                    .unwrap_or(default_ca)
+            ))
+        ),
         Some(board) => {
             let (boards, model) = if board.contains('/') || board.ends_with(".toml") {
                 let p = Path::new(board);
@@ -291,24 +342,48 @@ fn render_config(opts: &JoinOptions) -> Result<String, JoinError> {
             } else {
                 (opts.boards.clone(), board.clone())
             };
-            let fleet = format!(
-                "site = \"joined\"\n\n{hub}\n[[node]]\nname = {}\nboard = {}\n",
-                quote(opts.node.as_str()),
-                quote(&model)
-            );
-            Fleet::parse(&fleet, Path::new("(join)"), &boards)
-                .and_then(|f| f.render(opts.node.as_str()))
-                .map_err(JoinError::Config)?
+            let render = |site: String| {
+                let fleet = format!(
+                    "site = \"joined\"\n\n{hub}{site}\n[[node]]\nname = {}\nboard = {}\n",
+                    quote(opts.node.as_str()),
+                    quote(&model)
+                );
+                Fleet::parse(&fleet, Path::new("(join)"), &boards)
+                    .and_then(|f| f.render(opts.node.as_str()))
+                    .map_err(JoinError::Config)
+            };
+            // The cluster CA: --kube-ca, else the board file's, else
+            // kubeadm's.
+            let ca = match opts.kube.as_ref().map(|k| k.ca.as_deref()) {
+                Some(Some(ca)) => Some(ca),
+                Some(None) => {
+                    let base = opts.config.parent().unwrap_or(Path::new("/"));
+                    let board_has_one = config::checked(&render(String::new())?, base)
+                        .is_ok_and(|c| c.apiserver.is_some());
+                    (!board_has_one).then_some(default_ca)
+                }
+                None => None,
+            };
+            render(apiserver(ca))?
         }
     };
     Ok(format!("{MARK}\n{body}"))
 }
 
 /// A kubeconfig for kubelet that points at the edge's proxy; the proxy
-/// adds the node's credentials upstream.
-fn kubeconfig(proxy: std::net::SocketAddr) -> String {
+/// adds the node's credentials upstream. With `kube`, it names kubelet's
+/// certificate symlink as kubelet's own kubeconfig does on a kubeadm
+/// node, so kubelet's certificate manager finds it and rotates it.
+fn kubeconfig(proxy: std::net::SocketAddr, kube: Option<&KubeOptions>) -> String {
+    let user = match kube {
+        None => " {}\n".to_string(),
+        Some(k) => {
+            let current = k.current().display().to_string();
+            format!("\n    client-certificate: {current}\n    client-key: {current}\n")
+        }
+    };
     format!(
-        "{MARK}\napiVersion: v1\nkind: Config\nclusters:\n- name: tether\n  cluster:\n    server: http://{proxy}\ncontexts:\n- name: tether\n  context:\n    cluster: tether\n    user: kubelet\ncurrent-context: tether\nusers:\n- name: kubelet\n  user: {{}}\n"
+        "{MARK}\napiVersion: v1\nkind: Config\nclusters:\n- name: tether\n  cluster:\n    server: http://{proxy}\ncontexts:\n- name: tether\n  context:\n    cluster: tether\n    user: kubelet\ncurrent-context: tether\nusers:\n- name: kubelet\n  user:{user}"
     )
 }
 
@@ -410,8 +485,45 @@ mod tests {
 
     #[test]
     fn the_written_kubeconfig_points_at_the_proxy() {
-        let k = kubeconfig("127.0.0.1:10261".parse().expect("addr"));
+        let k = kubeconfig("127.0.0.1:10261".parse().expect("addr"), None);
         assert!(k.starts_with(MARK));
         assert!(k.contains("server: http://127.0.0.1:10261\n"));
+        assert!(k.ends_with("  user: {}\n"));
+    }
+
+    #[test]
+    fn with_kube_token_the_config_and_kubeconfig_name_kubelets_symlink() {
+        let kube = KubeOptions {
+            token: "abcdef.0123456789abcdef".into(),
+            ca: None,
+            pki: PathBuf::from(kubelet::DEFAULT_PKI),
+            timeout: kubelet::DEFAULT_TIMEOUT,
+        };
+        let k = kubeconfig("127.0.0.1:10261".parse().expect("addr"), Some(&kube));
+        assert!(k.ends_with("  user:\n    client-certificate: /var/lib/kubelet/pki/kubelet-client-current.pem\n    client-key: /var/lib/kubelet/pki/kubelet-client-current.pem\n"), "{k}");
+        let opts = JoinOptions {
+            hub: "hub.example:7443".into(),
+            token: "aaaaaa.bbbbbbbbbbbbbbbb".into(),
+            ca_hash: CaHash::parse(&format!("sha256:{}", "0".repeat(64))).expect("hash"),
+            node: NodeName::new("edge-1").expect("name"),
+            board: None,
+            boards: PathBuf::from(DEFAULT_BOARDS),
+            config: PathBuf::from("/etc/tether/edge.toml"),
+            dir: PathBuf::from(DEFAULT_DIR),
+            kubeconfig: PathBuf::from(DEFAULT_KUBECONFIG),
+            force: false,
+            timeout: Duration::from_secs(10),
+            kube: Some(kube),
+        };
+        let text = render_config(&opts).expect("renders");
+        let cfg = config::checked(&text, Path::new("/etc/tether")).expect("valid");
+        let api = cfg.apiserver.expect("[apiserver]");
+        assert_eq!(api.ca, PathBuf::from(kubelet::DEFAULT_CA));
+        assert_eq!(
+            api.cert,
+            PathBuf::from("/var/lib/kubelet/pki/kubelet-client-current.pem")
+        );
+        assert_eq!(api.key, api.cert);
+        assert_eq!(api.upstream.as_deref(), Some("kube-apiserver"));
     }
 }
