@@ -14,6 +14,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rcgen::{
@@ -49,7 +50,53 @@ pub struct Pki {
     /// PEM (PKCS#8) private key of [`Pki::hub_cert`], mode `0600`.
     pub hub_key: PathBuf,
     /// Signs node certificates; kept in memory only, never written out.
-    issuer: Issuer<'static, KeyPair>,
+    issuer: Arc<Issuer<'static, KeyPair>>,
+}
+
+/// Signs client certificates for public keys made elsewhere (the stand-in
+/// kube-apiserver's CSR signer) with the CA of the [`Pki`] it came from.
+#[derive(Clone)]
+pub struct ClientSigner {
+    issuer: Arc<Issuer<'static, KeyPair>>,
+}
+
+/// An ECDSA P-256 public key given as its uncompressed point.
+struct P256Point<'a>(&'a [u8]);
+
+impl rcgen::PublicKeyData for P256Point<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        self.0
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
+impl ClientSigner {
+    /// A client certificate (`clientAuth`, digital signature) with subject `O=org,
+    /// CN=cn` for the P-256 public key `point` (65 bytes, uncompressed), as PEM.
+    ///
+    /// # Errors
+    ///
+    /// rcgen cannot build it (a bad point).
+    pub fn sign(&self, cn: &str, org: &str, point: &[u8]) -> Result<String, String> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, org);
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.not_before = date_time_ymd(2020, 1, 1);
+        params.not_after = date_time_ymd(2099, 1, 1);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        params
+            .signed_by(&P256Point(point), &*self.issuer)
+            .map(|c| c.pem())
+            .map_err(|e| e.to_string())
+    }
 }
 
 impl Pki {
@@ -74,7 +121,7 @@ impl Pki {
             ca,
             hub_cert,
             hub_key,
-            issuer,
+            issuer: Arc::new(issuer),
         }
     }
 
@@ -98,7 +145,7 @@ impl Pki {
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate().expect("pki: generate node key");
         let cert = params
-            .signed_by(&key, &self.issuer)
+            .signed_by(&key, &*self.issuer)
             .expect("pki: sign node certificate");
         let n = FILE_COUNTER.fetch_add(1, Ordering::SeqCst);
         let stem = format!("node-{}-{n}", file_safe(cn));
@@ -129,7 +176,7 @@ impl Pki {
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate().expect("pki: generate server key");
         let cert = params
-            .signed_by(&key, &self.issuer)
+            .signed_by(&key, &*self.issuer)
             .expect("pki: sign server certificate");
         let n = FILE_COUNTER.fetch_add(1, Ordering::SeqCst);
         let stem = format!("server-{}-{n}", file_safe(name));
@@ -158,6 +205,14 @@ impl Pki {
         write_file(&cert_path, cert_pem.as_bytes(), 0o644);
         write_file(&key_path, key_pem.as_bytes(), 0o600);
         (cert_path, key_path)
+    }
+
+    /// A signer of client certificates with this PKI's CA, for servers that issue
+    /// them (the stand-in kube-apiserver's CSR API).
+    pub fn client_signer(&self) -> ClientSigner {
+        ClientSigner {
+            issuer: Arc::clone(&self.issuer),
+        }
     }
 
     /// Writes `contents` to `name` inside [`Pki::dir`] with mode `0600` and returns its path.
