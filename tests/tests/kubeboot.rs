@@ -123,6 +123,16 @@ impl Setup {
 
     /// Joins `node` with `kube_token`; files go to `<pki>/<node>/`.
     fn join(&self, node: &str, kube_token: &str) -> (i32, String, String, PathBuf) {
+        self.join_within(node, kube_token, "20s")
+    }
+
+    /// [`Setup::join`] with `--kube-timeout kube_timeout`.
+    fn join_within(
+        &self,
+        node: &str,
+        kube_token: &str,
+        kube_timeout: &str,
+    ) -> (i32, String, String, PathBuf) {
         let dir = self.pki.dir.join(node);
         let d = |f: &str| dir.join(f).to_string_lossy().into_owned();
         let token = self.hub_token();
@@ -152,7 +162,7 @@ impl Setup {
                 "--kubelet-pki",
                 &d("kubelet-pki"),
                 "--kube-timeout",
-                "20s",
+                kube_timeout,
             ],
         );
         (code, out, err, dir)
@@ -368,4 +378,56 @@ fn a_token_without_rights_on_csrs_names_kubeadms_binding() {
         "{err}"
     );
     assert_eq!(files_in(&dir.join("kubelet-pki")), Vec::<String>::new());
+}
+
+#[test]
+fn a_request_nobody_approves_times_out_naming_it() {
+    let s = Setup::new();
+    s.standin.set_csr_mode(CsrMode::Pending);
+    let (code, out, err, dir) = s.join_within("edge-5", KUBE_TOKEN, "2s");
+    assert_eq!(code, 6, "{out}\n{err}");
+    let name = s.standin.csr_names().pop().expect("a CSR");
+    assert!(
+        err.contains(&format!("no certificate for {name} within 2s"))
+            && err.contains(&format!("kubectl certificate approve {name}")),
+        "{err}"
+    );
+    assert_eq!(files_in(&dir.join("kubelet-pki")), Vec::<String>::new());
+}
+
+#[test]
+fn kube_flags_without_a_kube_token_are_refused() {
+    let (code, _, err) = run(
+        "tether-edge",
+        &[
+            "join",
+            "127.0.0.1:7443",
+            "--token",
+            "aaaaaa.bbbbbbbbbbbbbbbb",
+            "--ca-hash",
+            &format!("sha256:{}", "0".repeat(64)),
+            "--kubelet-pki",
+            "/tmp/nowhere",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("need --kube-token"), "{err}");
+    let (code, _, err) = run(
+        "tether-edge",
+        &[
+            "join",
+            "127.0.0.1:7443",
+            "--token",
+            "aaaaaa.bbbbbbbbbbbbbbbb",
+            "--ca-hash",
+            &format!("sha256:{}", "0".repeat(64)),
+            "--kube-token",
+            "not-a-token",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--kube-token: not a Kubernetes bootstrap token"),
+        "{err}"
+    );
 }
