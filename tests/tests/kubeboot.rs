@@ -11,7 +11,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 use tether_edge::http;
 use tether_edge::identity::key::NodeKey;
@@ -19,22 +18,10 @@ use tether_edge::identity::kubelet::{csr_object, parse_csr, CsrState};
 use tether_link::topic::NodeName;
 use tether_tests::apiserver::{CsrMode, StandIn};
 use tether_tests::pki::Pki;
-use tether_tests::procs::{bin, free_port, http_get, wait_http_ok, Proc};
+use tether_tests::procs::{bin, free_port, http_get, run, wait_http_ok, Proc};
 
 /// The Kubernetes bootstrap token the stand-in knows.
 const KUBE_TOKEN: &str = "abcdef.0123456789abcdef";
-
-fn run(name: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin(name))
-        .args(args)
-        .output()
-        .expect("run the binary");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// A hub made with `tether-hub init` that serves joins and relays
 /// `kube-apiserver` to the stand-in, and a board file for the edge.

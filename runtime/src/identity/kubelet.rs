@@ -225,7 +225,7 @@ pub fn status_message(body: &[u8]) -> String {
 /// kubelet's file name for a certificate written at `t`:
 /// `kubelet-client-YYYY-MM-DD-HH-MM-SS.pem` (UTC here).
 pub fn file_name(t: SystemTime) -> String {
-    let stamp: String = super::join::rfc3339(t)
+    let stamp: String = tether_link::logger::rfc3339(t)
         .trim_end_matches('Z')
         .chars()
         .map(|c| if c == 'T' || c == ':' { '-' } else { c })
