@@ -74,7 +74,8 @@ pub struct Limits {
 }
 
 /// kube-apiserver's egress (`[egress]`): where it sends HTTP CONNECT for
-/// kubelets and other node ports.
+/// kubelets and other node ports, and for what else it reaches in the
+/// cluster (webhooks and aggregated APIs by ClusterIP or pod address).
 #[derive(Debug, Clone)]
 pub struct Egress {
     /// TLS listener, if any.
@@ -84,8 +85,29 @@ pub struct Egress {
     pub tls: Option<Tls>,
     /// Unix socket listener, if any (no TLS; the socket file's mode guards it).
     pub uds: Option<PathBuf>,
-    /// How long the edge may take to reach the port before the CONNECT fails.
+    /// How long the edge may take to reach the port (or the hub to
+    /// resolve and dial a host that is no node's) before the CONNECT fails.
     pub connect_timeout: Duration,
+    /// What becomes of a CONNECT to a host that is no node's (`direct`).
+    pub direct: Direct,
+    /// What such a CONNECT may reach (`direct_allow`).
+    pub direct_policy: crate::egress::policy::Policy,
+}
+
+/// `[egress] direct`: what the hub does with a CONNECT whose host is
+/// neither a node's name nor an address a node reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Direct {
+    /// `"cluster"` (the default): the hub dials it itself, as
+    /// konnectivity's server does. kube-apiserver's `cluster` egress also
+    /// carries its calls to admission webhooks and aggregated APIs (by
+    /// ClusterIP or pod address); with the hub in the cluster this egress is
+    /// its only way to reach them, so refusing them breaks those calls.
+    #[default]
+    Cluster,
+    /// `"none"`: refuse it with 404 (the hub outside the cluster network,
+    /// where such addresses mean nothing or something else).
+    Off,
 }
 
 /// How the hub authenticates to kube-apiserver for `[autonomy]`.
@@ -466,11 +488,47 @@ pub fn parse(text: &str, base: &Path) -> Result<HubConfig, Errors> {
         if listen.is_none() && uds.is_none() {
             errors.push(t.error("", "[egress] needs listen (TLS) or uds (unix socket), or both"));
         }
+        let direct = match errors.opt(t.str("direct")) {
+            None | Some("cluster") => Direct::Cluster,
+            Some("none") => Direct::Off,
+            Some(other) => {
+                errors.push(t.error(
+                    "direct",
+                    format!("{other:?}: write \"cluster\" (the hub dials hosts that are no node's) or \"none\" (it refuses them)"),
+                ));
+                Direct::Cluster
+            }
+        };
+        let allow = errors.opt(t.str_array("direct_allow")).map(|blocks| {
+            blocks
+                .iter()
+                .filter_map(|b| match b.parse::<crate::egress::policy::Cidr>() {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        errors.push(t.error("direct_allow", e));
+                        None
+                    }
+                })
+                .collect::<Vec<_>>()
+        });
+        match (&allow, direct) {
+            (Some(_), Direct::Off) => errors.push(t.error(
+                "direct_allow",
+                "direct_allow goes with direct = \"cluster\": with \"none\" the hub dials nothing itself",
+            )),
+            (Some(a), _) if a.is_empty() => errors.push(t.error(
+                "direct_allow",
+                "an empty direct_allow allows nothing: leave it out (any address but loopback, link-local, unspecified, multicast) or write direct = \"none\"",
+            )),
+            _ => {}
+        }
         Egress {
             listen,
             tls,
             uds,
             connect_timeout,
+            direct,
+            direct_policy: crate::egress::policy::Policy { allow },
         }
     });
     let autonomy = match errors.opt(root.table("autonomy")) {
@@ -763,6 +821,44 @@ mod tests {
             Some(PathBuf::from("/etc/tether/ca.pem"))
         );
         assert_eq!(c.exposes[1].path.as_deref(), Some("/edge-2/ui"));
+        // Hosts that are no node's are dialled by default, anywhere but
+        // the never-dialled blocks.
+        assert_eq!(egress.direct, Direct::Cluster);
+        assert_eq!(egress.direct_policy.allow, None);
+        let with = |keys: &str| {
+            parse(
+                &format!("{base}[egress]\nuds = \"/run/e.sock\"\n{keys}"),
+                Path::new("/"),
+            )
+        };
+        let e = with("direct = \"none\"\n")
+            .expect("valid")
+            .egress
+            .expect("egress");
+        assert_eq!(e.direct, Direct::Off);
+        let e = with("direct = \"cluster\"\ndirect_allow = [\"10.96.0.0/12\", \"fd00::/8\"]\n")
+            .expect("valid")
+            .egress
+            .expect("egress");
+        let allow: Vec<String> = e
+            .direct_policy
+            .allow
+            .iter()
+            .flatten()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(allow, ["10.96.0.0/12", "fd00::/8"]);
+        for (keys, needle) in [
+            ("direct = \"yes\"\n", "egress.direct: \"yes\": write \"cluster\""),
+            ("direct = \"none\"\ndirect_allow = [\"10.0.0.0/8\"]\n", "direct_allow goes with direct = \"cluster\""),
+            ("direct_allow = []\n", "an empty direct_allow allows nothing"),
+            ("direct_allow = [\"10.96.0.1/12\"]\n", "egress.direct_allow: \"10.96.0.1/12\" has bits set past its prefix: did you mean \"10.96.0.0/12\"?"),
+            ("direct_allow = [\"10.0.0.0/8\", \"pods\"]\n", "\"pods\" is not an address block"),
+            ("direct_allow = \"10.0.0.0/8\"\n", "egress.direct_allow"),
+        ] {
+            let e = with(keys).expect_err("invalid").to_string();
+            assert!(e.contains(needle), "{needle:?} not in:\n{e}");
+        }
         for (text, needle) in [
             // A TLS egress without kube-apiserver's client CA.
             ("[egress]\nlisten = \"0.0.0.0:8131\"\ncert = \"e.pem\"\nkey = \"k.pem\"\n", "egress.listen: a TLS egress needs"),

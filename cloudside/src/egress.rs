@@ -1,21 +1,30 @@
 //! kube-apiserver's egress: HTTP CONNECT, over TLS with client
 //! certificates or over a unix socket, as an `EgressSelectorConfiguration`
-//! with `proxyProtocol: HTTPConnect` sends it. `CONNECT <node>:<port>`
-//! becomes a stream over that node's link; the edge dials the port if its
-//! `services.allow_ports` allows it and splices. The hub only relays the
-//! bytes of the inner connection (kube-apiserver's TLS to the kubelet),
-//! never plaintext.
+//! with `proxyProtocol: HTTPConnect` sends it for the `cluster` egress.
+//! `CONNECT <node>:<port>` becomes a stream over that node's link; the edge
+//! dials the port if its `services.allow_ports` allows it and splices. The
+//! hub only relays the bytes of the inner connection (kube-apiserver's TLS
+//! to the kubelet, a webhook or an aggregated API), never plaintext.
 //!
 //! The host is a node's name, or an address a node reports in its Node
-//! status (the edge tells the hub, see `upstream`).
+//! status (the edge tells the hub, see `upstream`). Any other host is what
+//! kube-apiserver reaches in the cluster network (a webhook's or an
+//! APIService's ClusterIP, a pod's address): with `[egress] direct =
+//! "cluster"` (the default) the hub dials it itself ([`direct`]), within
+//! the limits of [`policy`]; with `"none"` it is refused with 404.
 //!
-//! Answers: 200 once the edge reached the port; 404 for a host that is no
-//! node's name or reported address; 502 for an address several nodes
-//! report; 503 for a node that is not linked; 403 for a port the
-//! edge does not allow; 502 when the edge could not connect; 504 when it did
-//! not answer within `connect_timeout`; 400/405 for anything but a CONNECT.
+//! Answers: 200 once the edge reached the port, or the hub the address; 404
+//! for a host that is no node's name or reported address (`direct =
+//! "none"`); 502 for an address several nodes report; 503 for a node that
+//! is not linked; 403 for a port the edge does not allow, or an address the
+//! hub never dials; 502 when the edge, or the hub, could not connect; 504
+//! when that did not happen within `connect_timeout`; 400/405 for anything
+//! but a CONNECT.
 
-use crate::config::Egress;
+mod direct;
+pub mod policy;
+
+use crate::config::{Direct, Egress};
 use crate::links::Hub;
 use crate::reach::{self, http_error, Unreached};
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -35,26 +44,36 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// What a CONNECT asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    /// The host part: a node's name.
+    /// The host part, lowercased: a node's name or reported address, or
+    /// what the hub is to dial itself (an IPv6 address in brackets).
     pub host: String,
-    /// The port on the node.
+    /// The port on the node or that host.
     pub port: u16,
 }
 
-/// Why a request head is not a CONNECT the hub can follow: the status and
-/// the text to answer with.
+/// Why a CONNECT is not followed: the status, the metric label and the
+/// text to answer with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     /// HTTP status code.
     pub status: u16,
+    /// Its `tether_hub_egress_total` result label.
+    pub label: &'static str,
     /// What to tell the client.
     pub message: String,
 }
 
 impl Refusal {
+    /// A refusal about a node (or the request), labelled by its status.
     fn new(status: u16, message: impl Into<String>) -> Refusal {
+        Refusal::labelled(status, outcome(status), message)
+    }
+
+    /// A refusal with its own metric label.
+    fn labelled(status: u16, label: &'static str, message: impl Into<String>) -> Refusal {
         Refusal {
             status,
+            label,
             message: message.into(),
         }
     }
@@ -151,7 +170,7 @@ pub fn selector_config(cfg: &Egress) -> String {
     out
 }
 
-/// The metric label of a refused CONNECT.
+/// The metric label of a CONNECT refused about a node or the request.
 fn outcome(status: u16) -> &'static str {
     match status {
         403 => "port_not_allowed",
@@ -173,6 +192,7 @@ pub async fn serve_tls(
     tls: futures_rustls::TlsAcceptor,
     cfg: Egress,
 ) {
+    let cfg = Rc::new(cfg);
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -183,7 +203,7 @@ pub async fn serve_tls(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let (hub2, tls, timeout) = (hub.clone(), tls.clone(), cfg.connect_timeout);
+        let (hub2, tls, cfg) = (hub.clone(), tls.clone(), cfg.clone());
         hub.ex
             .spawn(async move {
                 let handshake = async { tls.accept(tcp).await.map(Some) }.or(async {
@@ -199,7 +219,7 @@ pub async fn serve_tls(
                             .and_then(|c| c.first())
                             .and_then(|c| tether_link::tls::subject_common_name(c))
                             .unwrap_or_else(|| peer.to_string());
-                        tunnel(hub2, conn, who, timeout).await;
+                        tunnel(hub2, conn, who, cfg).await;
                     }
                     Ok(None) => debug!("egress: {peer}: no TLS handshake in time"),
                     Err(e) => debug!("egress: {peer}: TLS handshake failed: {e}"),
@@ -211,6 +231,7 @@ pub async fn serve_tls(
 
 /// Accepts unix-socket connections forever.
 pub async fn serve_unix(hub: Rc<Hub>, listener: smol::net::unix::UnixListener, cfg: Egress) {
+    let cfg = Rc::new(cfg);
     loop {
         let conn = match listener.accept().await {
             Ok((c, _)) => c,
@@ -221,18 +242,22 @@ pub async fn serve_unix(hub: Rc<Hub>, listener: smol::net::unix::UnixListener, c
             }
         };
         hub.ex
-            .spawn(tunnel(
-                hub.clone(),
-                conn,
-                "unix socket".into(),
-                cfg.connect_timeout,
-            ))
+            .spawn(tunnel(hub.clone(), conn, "unix socket".into(), cfg.clone()))
             .detach();
     }
 }
 
-/// Serves one CONNECT: reads it, opens the stream, answers, splices.
-async fn tunnel<S>(hub: Rc<Hub>, mut conn: S, who: String, connect_timeout: Duration)
+/// Where a CONNECT was opened to.
+enum Opened {
+    /// A stream to a port on a node, over its link.
+    Node(tether_link::io::LinkStream),
+    /// A connection the hub dialled itself, and the address it reached.
+    Direct(smol::net::TcpStream, std::net::SocketAddr),
+}
+
+/// Serves one CONNECT: reads it, opens the stream or dials, answers,
+/// splices.
+async fn tunnel<S>(hub: Rc<Hub>, mut conn: S, who: String, cfg: Rc<Egress>)
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
@@ -256,7 +281,7 @@ where
     let (target, used) = match read_head.await {
         Ok(t) => t,
         Err(refusal) => {
-            hub.registry.borrow_mut().egress(outcome(refusal.status));
+            hub.registry.borrow_mut().egress(refusal.label);
             let _ = conn
                 .write_all(&http_error(refusal.status, &refusal.message))
                 .await;
@@ -264,13 +289,10 @@ where
             return;
         }
     };
-    let stream = match open(&hub, &target, connect_timeout).await {
-        Ok(s) => {
-            hub.registry.borrow_mut().egress("tunnelled");
-            s
-        }
+    let opened = match open(&hub, &target, &cfg).await {
+        Ok(o) => o,
         Err(refusal) => {
-            hub.registry.borrow_mut().egress(outcome(refusal.status));
+            hub.registry.borrow_mut().egress(refusal.label);
             info!(
                 "egress: {who} asked for {}:{}: {} {}",
                 target.host, target.port, refusal.status, refusal.message
@@ -282,44 +304,60 @@ where
             return;
         }
     };
-    let id = stream.id();
-    info!(
-        "egress: {who} -> node {} port {} (stream {id})",
-        target.host, target.port
-    );
-    if conn.write_all(ESTABLISHED).await.is_err() || conn.flush().await.is_err() {
-        return;
-    }
     // Bytes the client sent right after its CONNECT (a TLS ClientHello)
     // go first.
     let early = buf.split_off(used);
-    let result = async {
-        let mut stream = stream;
-        if !early.is_empty() {
-            stream.write_all(&early).await?;
+    let (host, port) = (&target.host, target.port);
+    match opened {
+        Opened::Node(stream) => {
+            hub.registry.borrow_mut().egress("tunnelled");
+            let what = format!("node {host} port {port} (stream {})", stream.id());
+            info!("egress: {who} -> {what}");
+            relay(conn, stream, early, &who, &what).await;
         }
-        splice(conn, stream).await
+        Opened::Direct(tcp, addr) => {
+            hub.registry.borrow_mut().egress(direct::DIALLED);
+            let what = format!("direct {host}:{port} ({addr})");
+            info!("egress: {who} -> {what}");
+            relay(conn, tcp, early, &who, &what).await;
+        }
+    }
+}
+
+/// Answers 200, sends `early` on and splices the client with `upstream`
+/// until both ends are done; logs the end at debug level.
+async fn relay<C, U>(mut conn: C, mut upstream: U, early: Vec<u8>, who: &str, what: &str)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    if conn.write_all(ESTABLISHED).await.is_err() || conn.flush().await.is_err() {
+        return;
+    }
+    let result = async {
+        if !early.is_empty() {
+            upstream.write_all(&early).await?;
+        }
+        splice(conn, upstream).await
     }
     .await;
     match result {
-        Ok((a, b)) => debug!(
-            "egress: {who} -> node {} port {} (stream {id}): closed, {a} bytes in, {b} out",
-            target.host, target.port
-        ),
-        Err(e) => debug!(
-            "egress: {who} -> node {} port {} (stream {id}): {e}",
-            target.host, target.port
-        ),
+        Ok((a, b)) => debug!("egress: {who} -> {what}: closed, {a} bytes in, {b} out"),
+        Err(e) => debug!("egress: {who} -> {what}: {e}"),
     }
 }
 
 /// Opens a stream to the target's node and port and waits for the edge
-/// to reach it.
-async fn open(
-    hub: &Hub,
-    target: &Target,
-    connect_timeout: Duration,
-) -> Result<tether_link::io::LinkStream, Refusal> {
+/// to reach it; a host that is no node's is dialled by the hub itself
+/// when `direct = "cluster"`.
+async fn open(hub: &Hub, target: &Target, cfg: &Egress) -> Result<Opened, Refusal> {
+    let connect_timeout = cfg.connect_timeout;
+    // Node addresses are stored bare; an IPv6 host comes in brackets.
+    let bare = target
+        .host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(&target.host);
     let link = {
         let reg = hub.registry.borrow();
         // By name first; else by an address a node reports in its status.
@@ -327,14 +365,14 @@ async fn open(
             .ok()
             .and_then(|name| reg.nodes.get(&name));
         let found = match by_name {
-            Some(n) => n,
+            Some(n) => Some(n),
             None => {
                 let mut owners = reg
                     .nodes
                     .values()
-                    .filter(|n| n.addresses.contains(&target.host));
+                    .filter(|n| n.addresses.iter().any(|a| a == bare));
                 match (owners.next(), owners.next()) {
-                    (Some(n), None) => n,
+                    (Some(n), None) => Some(n),
                     (Some(_), Some(_)) => {
                         return Err(Refusal::new(
                             502,
@@ -344,29 +382,42 @@ async fn open(
                             ),
                         ))
                     }
-                    (None, _) => {
-                        return Err(Refusal::new(
-                            404,
-                            format!(
-                                "no node of this hub is named {:?} or reports that address",
-                                target.host
-                            ),
-                        ))
-                    }
+                    (None, _) => None,
                 }
             }
         };
-        if !found.linked {
-            return Err(Refusal::new(
-                503,
-                format!("node of {} is not linked", target.host),
-            ));
+        match found {
+            Some(n) if !n.linked => {
+                return Err(Refusal::new(
+                    503,
+                    format!("node of {} is not linked", target.host),
+                ))
+            }
+            Some(n) => Some(n.link.clone()),
+            None => None,
         }
-        found.link.clone()
+    };
+    let Some(link) = link else {
+        return match cfg.direct {
+            Direct::Off => Err(Refusal::new(
+                404,
+                format!(
+                    "no node of this hub is named {:?} or reports that address (and [egress] direct = \"none\")",
+                    target.host
+                ),
+            )),
+            Direct::Cluster => {
+                let host = direct::host(&target.host)?;
+                let (tcp, addr) =
+                    direct::dial(&host, target.port, &cfg.direct_policy, connect_timeout).await?;
+                Ok(Opened::Direct(tcp, addr))
+            }
+        };
     };
     let (host, port) = (&target.host, target.port);
     reach::port(&link, port, connect_timeout)
         .await
+        .map(Opened::Node)
         .map_err(|e| match e {
             Unreached::Open(e) => Refusal::new(503, format!("node {host}: {e}")),
             Unreached::Refused(e) => {
@@ -429,6 +480,8 @@ mod tests {
             tls: None,
             uds: None,
             connect_timeout: Duration::from_secs(5),
+            direct: Direct::Cluster,
+            direct_policy: policy::Policy::default(),
         };
         let text = selector_config(&tcp);
         assert!(text.contains("kind: EgressSelectorConfiguration\n"));

@@ -613,6 +613,8 @@ fn steps(opts: &Options) -> String {
         tls: None,
         uds: None,
         connect_timeout: Duration::from_secs(5),
+        direct: Default::default(),
+        direct_policy: Default::default(),
     })
     .replace("HUB-HOST", "EGRESS-IP");
     let mut out = format!(
