@@ -38,7 +38,7 @@ fn the_egress_finds_a_node_by_its_reported_address() {
         Transport::Tls,
         &["edge-1"],
         &format!(
-            "[upstream.kube-apiserver]\naddress = \"{}\"\n[egress]\nlisten = \"{egress}\"\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n",
+            "[upstream.kube-apiserver]\naddress = \"{}\"\n[egress]\nlisten = \"{egress}\"\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\ndirect = \"none\"\n",
             standin.addr(),
             pki.hub_cert.display(),
             pki.hub_key.display(),
@@ -62,7 +62,8 @@ fn the_egress_finds_a_node_by_its_reported_address() {
     assert!(wait_linked(hub.admin, "edge-1", WAIT), "{}", edge.logs());
     assert!(edge.wait_for_log("API proxy on", WAIT), "{}", edge.logs());
 
-    // Before the edge has seen its Node object, the address is nobody's.
+    // Before the edge has seen its Node object, the address is nobody's
+    // (and with direct = "none" the hub does not dial it itself).
     let (status, _) = connect(
         &pki,
         egress,

@@ -8,6 +8,13 @@
 //! end on loopback: 200 MB through one tunnel, 1,000 tunnels at once on one
 //! link, and a tunnel across a link cut (it carries on) and across an edge
 //! restart (it ends with an error at once, never hangs).
+//!
+//! Hosts that are no node's (a webhook's ClusterIP, as kube-apiserver's
+//! `cluster` egress sends them): dialled by the hub itself with `[egress]
+//! direct = "cluster"` (loopback only here, which `direct_allow` must name),
+//! refused with 403 and never dialled for the blocks the hub never dials
+//! (loopback, link-local and the like, by address or by a name resolving
+//! there), 404 with `direct = "none"`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -16,8 +23,12 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 use rustls::{ClientConnection, ServerConnection, StreamOwned};
-use tether_tests::cluster::{node_field, start_edge, wait_linked, EdgeAuth, Transport};
+use tether_tests::cluster::{
+    metric, node_field, start_edge, start_hub, wait_linked, EdgeAuth, Hub, Transport,
+};
+use tether_tests::echo::EchoServer;
 use tether_tests::pki::Pki;
+use tether_tests::procs::free_port;
 use tether_tests::tunnel::{self, client_config, Clients, Kubelet, Setup};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -263,11 +274,8 @@ fn kubelet_through_the_egress_end_to_end() {
 
 #[test]
 fn unknown_nodes_and_ports_get_clear_errors_fast() {
+    // (A host that is no node's: see the direct tests below.)
     let s = setup();
-    let started = Instant::now();
-    let (status, _) = connect(&s, &format!("edge-9:{}", s.kubelet.port()));
-    assert!(status.starts_with("HTTP/1.1 404 "), "{status}");
-    assert!(started.elapsed() < Duration::from_secs(2));
     // A port the edge's services.allow_ports does not list.
     let started = Instant::now();
     let (status, _) = connect(&s, "edge-1:22");
@@ -558,4 +566,153 @@ fn a_link_cut_mid_stream_neither_hangs_nor_breaks_the_tunnel() {
         "streams left: {:?}",
         streams(&s)
     );
+}
+
+/// A hub (no edge linked) whose `[egress]` has `keys` added; its egress
+/// endpoint.
+fn hub_with_egress(pki: &Pki, keys: &str) -> (Hub, SocketAddr) {
+    let egress: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let hub = start_hub(
+        pki,
+        Transport::Tls,
+        &["edge-1"],
+        &format!(
+            "[egress]\nlisten = \"{egress}\"\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nconnect_timeout = \"3s\"\n{keys}",
+            pki.hub_cert.display(),
+            pki.hub_key.display(),
+            pki.ca.display()
+        ),
+    );
+    (hub, egress)
+}
+
+/// `CONNECT target` as kube-apiserver to `egress`.
+fn connect_to(pki: &Pki, egress: SocketAddr, target: &str) -> (String, tunnel::Tunnel) {
+    let outer = client_config(pki, Some("kube-apiserver"));
+    tunnel::connect(egress, &outer, target).expect("CONNECT")
+}
+
+/// `tether_hub_egress_total{result="<result>"}`, 0 when not there yet.
+fn egress_total(hub: &Hub, result: &str) -> f64 {
+    metric(
+        hub.admin,
+        &format!("tether_hub_egress_total{{result=\"{result}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+/// Writes `payload` through the tunnel and reads it back.
+fn echoes(tunnel: &mut tunnel::Tunnel, payload: &[u8]) -> Vec<u8> {
+    tunnel.write_all(payload).expect("write");
+    let mut back = vec![0u8; payload.len()];
+    tunnel.read_exact(&mut back).expect("echo");
+    back
+}
+
+#[test]
+fn a_host_that_is_no_node_is_dialled_directly() {
+    let pki = Pki::new();
+    // Loopback is never dialled unless direct_allow names it.
+    let (hub, egress) = hub_with_egress(&pki, "direct_allow = [\"127.0.0.0/8\"]\n");
+    let service = EchoServer::start();
+    let port = service.addr().port();
+
+    // By address, as kube-apiserver sends a webhook's ClusterIP.
+    let (status, mut tunnel) = connect_to(&pki, egress, &format!("127.0.0.1:{port}"));
+    assert_eq!(
+        status,
+        "HTTP/1.1 200 Connection established",
+        "{}",
+        hub.proc.logs()
+    );
+    assert_eq!(
+        echoes(&mut tunnel, b"admission review"),
+        b"admission review"
+    );
+    assert_eq!(echoes(&mut tunnel, b"and again"), b"and again");
+    assert!(
+        hub.proc.wait_for_log(
+            &format!("egress: kube-apiserver -> direct 127.0.0.1:{port} (127.0.0.1:{port})"),
+            WAIT
+        ),
+        "{}",
+        hub.proc.logs()
+    );
+    drop(tunnel);
+    assert_eq!(service.connections(), 1);
+
+    // By name, resolved when dialled: localhost may also be ::1, which
+    // direct_allow does not name; 127.0.0.1 is the one dialled.
+    let (status, mut tunnel) = connect_to(&pki, egress, &format!("localhost:{port}"));
+    assert_eq!(
+        status,
+        "HTTP/1.1 200 Connection established",
+        "{}",
+        hub.proc.logs()
+    );
+    assert_eq!(echoes(&mut tunnel, b"by name"), b"by name");
+    drop(tunnel);
+    assert_eq!(service.connections(), 2);
+    assert_eq!(egress_total(&hub, "direct"), 2.0, "{}", hub.proc.logs());
+
+    // Outside direct_allow: refused, not dialled.
+    let (status, _) = connect_to(&pki, egress, &format!("10.96.0.10:{port}"));
+    assert!(status.starts_with("HTTP/1.1 403 "), "{status}");
+    // Nothing listening: 502 from the hub's own dial.
+    let closed = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let closed_port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let (status, _) = connect_to(&pki, egress, &format!("127.0.0.1:{closed_port}"));
+    assert!(status.starts_with("HTTP/1.1 502 "), "{status}");
+    assert_eq!(egress_total(&hub, "direct_refused"), 1.0);
+    assert_eq!(egress_total(&hub, "direct_failed"), 1.0);
+    assert_eq!(service.connections(), 2);
+}
+
+#[test]
+fn the_blocks_the_hub_never_dials_get_403_without_a_dial() {
+    let pki = Pki::new();
+    // No direct_allow: anything may be dialled but the never-dialled blocks.
+    let (hub, egress) = hub_with_egress(&pki, "");
+    let service = EchoServer::start();
+    let port = service.addr().port();
+    for target in [
+        "169.254.169.254:80".to_string(),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+        format!("[::ffff:127.0.0.1]:{port}"),
+        // Linux dials 0.0.0.0 as loopback.
+        format!("0.0.0.0:{port}"),
+        // A name is checked by the addresses it resolves to.
+        format!("localhost:{port}"),
+    ] {
+        let (status, _) = connect_to(&pki, egress, &target);
+        assert!(
+            status.starts_with("HTTP/1.1 403 "),
+            "{target}: {status}\n{}",
+            hub.proc.logs()
+        );
+    }
+    assert!(hub.proc.wait_for_log(
+        "asked for 169.254.169.254:80: 403 169.254.169.254:80 is not dialled: 169.254.169.254 is link-local (cloud metadata lives there)",
+        WAIT
+    ), "{}", hub.proc.logs());
+    assert_eq!(service.connections(), 0, "a refused address was dialled");
+    assert_eq!(egress_total(&hub, "direct_refused"), 6.0);
+    assert_eq!(egress_total(&hub, "direct"), 0.0);
+    assert!(!hub.proc.logs().contains(" -> direct "));
+}
+
+#[test]
+fn with_direct_none_a_host_that_is_no_node_gets_404() {
+    let pki = Pki::new();
+    let (hub, egress) = hub_with_egress(&pki, "direct = \"none\"\n");
+    let service = EchoServer::start();
+    let port = service.addr().port();
+    for target in [format!("edge-9:{port}"), format!("127.0.0.1:{port}")] {
+        let (status, _) = connect_to(&pki, egress, &target);
+        assert!(status.starts_with("HTTP/1.1 404 "), "{target}: {status}");
+    }
+    assert_eq!(service.connections(), 0);
+    assert_eq!(egress_total(&hub, "unknown_node"), 2.0);
 }
