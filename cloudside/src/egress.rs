@@ -11,11 +11,12 @@
 //! kube-apiserver reaches in the cluster network (a webhook's or an
 //! APIService's ClusterIP, a pod's address): with `[egress] direct =
 //! "cluster"` (the default) the hub dials it itself ([`direct`]), within
-//! the limits of [`policy`]; with `"none"` it is refused with 404.
+//! the limits of [`policy`]; with `"none"` it is refused with 404. A name
+//! without a dot is always a node's: an unknown one is never dialled.
 //!
 //! Answers: 200 once the edge reached the port, or the hub the address; 404
-//! for a host that is no node's name or reported address (`direct =
-//! "none"`); 502 for an address several nodes report; 503 for a node that
+//! for a host that is no node's name or reported address (a name without a
+//! dot, or any with `direct = "none"`); 502 for an address several nodes report; 503 for a node that
 //! is not linked; 403 for a port the edge does not allow, or an address the
 //! hub never dials; 502 when the edge, or the hub, could not connect; 504
 //! when that did not happen within `connect_timeout`; 400/405 for anything
@@ -408,6 +409,19 @@ async fn open(hub: &Hub, target: &Target, cfg: &Egress) -> Result<Opened, Refusa
             )),
             Direct::Cluster => {
                 let host = direct::host(&target.host)?;
+                if matches!(&host, direct::Host::Name(n) if !n.contains('.')) {
+                    // kube-apiserver sends Services as addresses and an
+                    // ExternalName as its DNS name: a bare name is a node's
+                    // (the Hostname address type), never resolved through
+                    // the hub's search domains.
+                    return Err(Refusal::new(
+                        404,
+                        format!(
+                            "no node of this hub is named {:?} (a name without a dot is a node's, never dialled directly)",
+                            target.host
+                        ),
+                    ));
+                }
                 let (tcp, addr) =
                     direct::dial(&host, target.port, &cfg.direct_policy, connect_timeout).await?;
                 Ok(Opened::Direct(tcp, addr))

@@ -14,7 +14,8 @@
 //! direct = "cluster"` (loopback only here, which `direct_allow` must name),
 //! refused with 403 and never dialled for the blocks the hub never dials
 //! (loopback, link-local and the like, by address or by a name resolving
-//! there), 404 with `direct = "none"`.
+//! there), 404 for a name without a dot (a node's) and with `direct =
+//! "none"`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -274,8 +275,13 @@ fn kubelet_through_the_egress_end_to_end() {
 
 #[test]
 fn unknown_nodes_and_ports_get_clear_errors_fast() {
-    // (A host that is no node's: see the direct tests below.)
     let s = setup();
+    // A name without a dot that is no node's is never dialled directly
+    // (more hosts that are no node's: the direct tests below).
+    let started = Instant::now();
+    let (status, _) = connect(&s, &format!("edge-9:{}", s.kubelet.port()));
+    assert!(status.starts_with("HTTP/1.1 404 "), "{status}");
+    assert!(started.elapsed() < Duration::from_secs(2));
     // A port the edge's services.allow_ports does not list.
     let started = Instant::now();
     let (status, _) = connect(&s, "edge-1:22");
@@ -641,9 +647,9 @@ fn a_host_that_is_no_node_is_dialled_directly() {
     drop(tunnel);
     assert_eq!(service.connections(), 1);
 
-    // By name, resolved when dialled: localhost may also be ::1, which
-    // direct_allow does not name; 127.0.0.1 is the one dialled.
-    let (status, mut tunnel) = connect_to(&pki, egress, &format!("localhost:{port}"));
+    // By a name resolved when dialled: the resolver reads "127.1" as
+    // 127.0.0.1 (no DNS needed in a test), checked after the lookup.
+    let (status, mut tunnel) = connect_to(&pki, egress, &format!("127.1:{port}"));
     assert_eq!(
         status,
         "HTTP/1.1 200 Connection established",
@@ -651,6 +657,14 @@ fn a_host_that_is_no_node_is_dialled_directly() {
         hub.proc.logs()
     );
     assert_eq!(echoes(&mut tunnel, b"by name"), b"by name");
+    assert!(
+        hub.proc.wait_for_log(
+            &format!("egress: kube-apiserver -> direct 127.1:{port} (127.0.0.1:{port})"),
+            WAIT
+        ),
+        "{}",
+        hub.proc.logs()
+    );
     drop(tunnel);
     assert_eq!(service.connections(), 2);
     assert_eq!(egress_total(&hub, "direct"), 2.0, "{}", hub.proc.logs());
@@ -684,7 +698,8 @@ fn the_blocks_the_hub_never_dials_get_403_without_a_dial() {
         // Linux dials 0.0.0.0 as loopback.
         format!("0.0.0.0:{port}"),
         // A name is checked by the addresses it resolves to.
-        format!("localhost:{port}"),
+        format!("127.1:{port}"),
+        format!("0x7f.0.0.1:{port}"),
     ] {
         let (status, _) = connect_to(&pki, egress, &target);
         assert!(
@@ -697,8 +712,12 @@ fn the_blocks_the_hub_never_dials_get_403_without_a_dial() {
         "asked for 169.254.169.254:80: 403 169.254.169.254:80 is not dialled: 169.254.169.254 is link-local (cloud metadata lives there)",
         WAIT
     ), "{}", hub.proc.logs());
+    // A name without a dot is a node's: not looked up, not dialled.
+    let (status, _) = connect_to(&pki, egress, &format!("localhost:{port}"));
+    assert!(status.starts_with("HTTP/1.1 404 "), "{status}");
     assert_eq!(service.connections(), 0, "a refused address was dialled");
-    assert_eq!(egress_total(&hub, "direct_refused"), 6.0);
+    assert_eq!(egress_total(&hub, "direct_refused"), 7.0);
+    assert_eq!(egress_total(&hub, "unknown_node"), 1.0);
     assert_eq!(egress_total(&hub, "direct"), 0.0);
     assert!(!hub.proc.logs().contains(" -> direct "));
 }
