@@ -161,10 +161,20 @@ CONFIG FILE (a strict TOML subset; unknown keys are errors):
     key = \"egress-key.pem\"        signed by client_ca (kube-apiserver's),
     client_ca = \"apiserver-ca.pem\" and/or on a unix socket (mode 0600).
     uds = \"/run/tether/egress.sock\"
-    connect_timeout = \"5s\"        The edge must reach the port within.
+    connect_timeout = \"5s\"        The edge must reach the port (or the
+                                    hub dial a host) within.
                                     The host is the node's name: run
                                     kube-apiserver with
                                     --kubelet-preferred-address-types=Hostname.
+    direct = \"cluster\"            A host that is no node's (a webhook's or
+                                    aggregated API's ClusterIP, a pod): the
+                                    hub dials it itself, as konnectivity
+                                    does; \"none\": 404. Never dialled:
+                                    loopback, link-local (169.254.169.254),
+                                    unspecified, multicast, broadcast.
+    direct_allow = [\"10.96.0.0/12\"] Only these blocks [default: any but
+                                    the never-dialled ones]; a block inside
+                                    those (127.0.0.0/8) opens it.
 
     [[expose]]                      Repeatable: a cloud-side port that
     listen = \"127.0.0.1:2222\"       reaches a port on one edge (the edge's

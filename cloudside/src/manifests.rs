@@ -362,6 +362,8 @@ pub fn hub_toml(opts: &Options) -> String {
          ca_key = \"{PKI_DIR}/{ca_key}\"\n\
          \n\
          # kube-apiserver's egress selector dials here (the Service tether-hub).\n\
+         # Hosts that are no node's (webhooks, aggregated APIs) are dialled from\n\
+         # this pod: direct = \"cluster\" is the default; direct_allow narrows it.\n\
          [egress]\n\
          listen = \"0.0.0.0:{EGRESS_PORT}\"\n\
          cert = \"{PKI_DIR}/{cert}\"\n\
@@ -663,10 +665,12 @@ fn steps(opts: &Options) -> String {
     let _ = write!(
         out,
         "#\n\
-         #    kube-apiserver then sends all its `cluster` traffic to the hub,\n\
-         #    which serves only nodes: webhooks (this hub's own too) and\n\
-         #    aggregated APIs it reaches by a Service or pod address are\n\
-         #    refused (§4.2).\n"
+         #    kube-apiserver then sends all its `cluster` traffic to the hub:\n\
+         #    the kubelets by node name, webhooks (this hub's own too) and\n\
+         #    aggregated APIs by a Service's or pod's address, which the hub\n\
+         #    dials from its pod ([egress] direct, \"cluster\" by default; add\n\
+         #    direct_allow with the cluster's Service and pod CIDRs to narrow\n\
+         #    it; §4.2).\n"
     );
     let _ = write!(
         out,
