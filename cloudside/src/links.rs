@@ -208,7 +208,7 @@ where
         }
     };
     if hello.username.as_deref() == Some(tether_link::join::USERNAME) {
-        serve_join(hub, conn, peer, hello, deadline).await;
+        serve_join(hub, conn, peer, hello).await;
         return None;
     }
     let verdict = auth::verdict(&hello, cert_cn.as_deref(), &hub.tokens);
@@ -258,9 +258,8 @@ where
 }
 
 /// Answers a join or renewal ([`tether_link::join`]) and closes: decided on
-/// the blocking pool (the stores lock and sync files), within the
-/// handshake's deadline.
-async fn serve_join<C>(hub: &Hub, mut conn: C, peer: SocketAddr, hello: Hello, deadline: Instant)
+/// the blocking pool (the stores lock and sync files).
+async fn serve_join<C>(hub: &Hub, mut conn: C, peer: SocketAddr, hello: Hello)
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
@@ -276,22 +275,10 @@ where
         (Some(join), Some(Ok(request))) => {
             let joiner = join.joiner.clone();
             let who = node.clone();
-            let work = smol::unblock(move || joiner.handle(&who, request, SystemTime::now()));
-            Ok(work
-                .or(async {
-                    async_io::Timer::at(deadline).await;
-                    (
-                        Answer::Refused {
-                            reason: Refusal::Unavailable,
-                            message: "the hub is too busy to decide in time; try again".into(),
-                        },
-                        crate::join::serve::Outcome {
-                            label: "busy",
-                            line: format!("a request from {node} not decided in time"),
-                        },
-                    )
-                })
-                .await)
+            // Once started, a decision is always answered: giving up on it
+            // here would not undo a token it used or a certificate it
+            // recorded, and the edge's retry would then be refused.
+            Ok(smol::unblock(move || joiner.handle(&who, request, SystemTime::now())).await)
         }
     };
     let (answer, label, line) = match decided {

@@ -55,7 +55,7 @@ COMMANDS:
                     --config      [default: /etc/tether/edge.toml]
                     --dir         [default: /etc/tether]
                     --kubeconfig  [default: /etc/tether/kubelet.kubeconfig]
-                    --timeout     per exchange with the hub [default: 10s]
+                    --timeout     per exchange with the hub [default: 30s]
                     With --kube-token (a Kubernetes bootstrap token, as
                     `kubeadm token create` makes), join then does
                     kubelet's TLS bootstrap through the hub: a new key
@@ -332,7 +332,7 @@ fn join(args: &[String]) -> ExitCode {
     let mut config = PathBuf::from("/etc/tether/edge.toml");
     let mut dir = PathBuf::from(j::DEFAULT_DIR);
     let mut kubeconfig = PathBuf::from(j::DEFAULT_KUBECONFIG);
-    let mut timeout = std::time::Duration::from_secs(10);
+    let mut timeout = std::time::Duration::from_secs(30);
     let mut force = false;
     let (mut kube_token, mut kube_ca, mut kubelet_pki, mut kube_timeout) =
         (None, None, None::<PathBuf>, None);

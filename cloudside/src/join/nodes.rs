@@ -59,6 +59,65 @@ impl fmt::Display for Issue {
     }
 }
 
+/// A certificate to record (see [`NodeStore::record_issues`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssueRecord {
+    /// The node.
+    pub node: NodeName,
+    /// Its serial's bytes.
+    pub serial: Vec<u8>,
+    /// Its `notAfter`.
+    pub not_after: SystemTime,
+    /// How it was issued.
+    pub how: Issue,
+}
+
+/// Records one issued certificate into `nodes` (the rules of
+/// [`NodeStore::record_issue`]).
+fn apply_issue(
+    nodes: &mut HashMap<NodeName, NodeRecord>,
+    r: IssueRecord,
+    now: SystemTime,
+) -> Result<(), StoreError> {
+    let IssueRecord {
+        node,
+        serial,
+        not_after,
+        how,
+    } = r;
+    let serial = trim(&serial).to_vec();
+    if serial.is_empty() {
+        return Err(StoreError::Invalid(format!(
+            "a certificate for {node} has an empty or zero serial"
+        )));
+    }
+    let previous = match (nodes.get(&node), &how) {
+        (Some(r), Issue::Renewed) => match r.revoked_at {
+            Some(at) => return Err(StoreError::Revoked { node, at }),
+            None if r.current.serial == serial => r.previous.clone(),
+            None => Some(r.current.clone()),
+        },
+        // A join is a new key, maybe a new board: the old one's
+        // certificate is superseded at once.
+        (_, Issue::Joined { .. }) | (None, Issue::Renewed) => None,
+    };
+    nodes.insert(
+        node.clone(),
+        NodeRecord {
+            node,
+            current: Cert {
+                serial,
+                not_after: from_secs(to_secs(not_after)),
+            },
+            previous,
+            issued_at: from_secs(to_secs(now)),
+            how,
+            revoked_at: None,
+        },
+    );
+    Ok(())
+}
+
 /// One certificate: its serial and last moment of validity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cert {
@@ -224,45 +283,37 @@ impl NodeStore {
         how: Issue,
         now: SystemTime,
     ) -> Result<(), StoreError> {
-        let serial = trim(serial).to_vec();
-        if serial.is_empty() {
-            return Err(StoreError::Invalid(format!(
-                "a certificate for {node} has an empty or zero serial"
-            )));
-        }
+        let one = IssueRecord {
+            node: node.clone(),
+            serial: serial.to_vec(),
+            not_after,
+            how,
+        };
+        self.record_issues(vec![one], now)?
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Invalid("no result for a record".into())))
+    }
+
+    /// [`NodeStore::record_issue`] for several certificates in one rewrite of
+    /// the file (the hub commits a burst of joins together): one result per
+    /// record, in order; the outer error is the file's, when none could be
+    /// recorded.
+    pub fn record_issues(
+        &self,
+        batch: Vec<IssueRecord>,
+        now: SystemTime,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         self.file.update(|text| {
             let (mut nodes, generation) = parse(&self.file, text)?;
-            let old = nodes.remove(node);
-            let previous = match (&old, &how) {
-                (Some(r), Issue::Renewed) => match r.revoked_at {
-                    Some(at) => {
-                        return Err(StoreError::Revoked {
-                            node: node.clone(),
-                            at,
-                        })
-                    }
-                    None if r.current.serial == serial => r.previous.clone(),
-                    None => Some(r.current.clone()),
-                },
-                // A join is a new key, maybe a new board: the old one's
-                // certificate is superseded at once.
-                (_, Issue::Joined { .. }) | (None, Issue::Renewed) => None,
-            };
-            nodes.insert(
-                node.clone(),
-                NodeRecord {
-                    node: node.clone(),
-                    current: Cert {
-                        serial,
-                        not_after: from_secs(to_secs(not_after)),
-                    },
-                    previous,
-                    issued_at: from_secs(to_secs(now)),
-                    how,
-                    revoked_at: None,
-                },
-            );
-            Ok((Some(render(&nodes, generation + 1)), ()))
+            let mut results = Vec::with_capacity(batch.len());
+            let mut changed = false;
+            for r in batch {
+                let result = apply_issue(&mut nodes, r, now);
+                changed |= result.is_ok();
+                results.push(result);
+            }
+            let text = changed.then(|| render(&nodes, generation + 1));
+            Ok((text, results))
         })
     }
 

@@ -13,7 +13,8 @@
 //! Blocking: the stores lock and sync files, so the hub runs this on its
 //! blocking pool.
 
-use super::nodes::{CertStatus, Issue, NodeStore};
+use super::commit::Committer;
+use super::nodes::{CertStatus, Issue, IssueRecord, NodeStore};
 use super::sign::Authority;
 use super::tokens::TokenStore;
 use crate::config::Join as JoinConfig;
@@ -28,7 +29,7 @@ const PROOF_SKEW: Duration = Duration::from_secs(600);
 pub struct Joiner {
     authority: Authority,
     tokens: TokenStore,
-    nodes: NodeStore,
+    commit: Committer,
     grace: Duration,
 }
 
@@ -47,14 +48,15 @@ impl Joiner {
         Ok(Joiner {
             authority: Authority::load_files(&cfg.ca, &cfg.ca_key, cfg.lifetime)?,
             tokens: TokenStore::open(&cfg.dir),
-            nodes: NodeStore::open(&cfg.dir),
+            commit: Committer::open(NodeStore::open(&cfg.dir))
+                .map_err(|e| format!("cannot read the node records: {e}"))?,
             grace: cfg.grace,
         })
     }
 
     /// The node records, where revocations are kept.
     pub fn nodes(&self) -> &NodeStore {
-        &self.nodes
+        self.commit.store()
     }
 
     /// Decides `request` from the CONNECT of `node`.
@@ -125,8 +127,14 @@ impl Joiner {
             .authority
             .issue(node, point, now)
             .map_err(|e| (Refusal::Unavailable, e))?;
-        self.nodes
-            .record_issue(node, &issued.serial, issued.not_after, how, now)
+        let record = IssueRecord {
+            node: node.clone(),
+            serial: issued.serial.clone(),
+            not_after: issued.not_after,
+            how,
+        };
+        self.commit
+            .record(record, now)
             .map_err(|e| match e {
                 super::store::StoreError::Revoked { .. } => (
                     Refusal::Revoked,
@@ -154,8 +162,8 @@ impl Joiner {
     ) -> Result<(Answer, (bool, String)), (Refusal, String)> {
         let point = self.checked_csr(node, csr)?;
         let live = self
-            .nodes
-            .load()
+            .commit
+            .snapshot()
             .map_err(|e| {
                 (
                     Refusal::Unavailable,
@@ -209,7 +217,7 @@ impl Joiner {
         }
         let serial = tether_link::tls::serial_of_certificate(cert)
             .ok_or_else(|| not_proven("the certificate presented does not parse".into()))?;
-        let nodes = self.nodes.load().map_err(|e| {
+        let nodes = self.commit.snapshot().map_err(|e| {
             (
                 Refusal::Unavailable,
                 format!("cannot read the node records: {e}"),

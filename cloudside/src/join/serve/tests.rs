@@ -154,7 +154,7 @@ fn a_join_issues_a_certificate_for_the_boards_key() {
         spki,
         tether_link::csr::p256_spki(board.key.public_key().as_ref())
     );
-    let nodes = h.joiner.nodes.load().expect("nodes");
+    let nodes = h.joiner.commit.snapshot().expect("nodes");
     let serial = tether_link::tls::serial_of_certificate(&cert).expect("serial");
     assert_eq!(nodes.status(&n("edge-1"), serial), CertStatus::Current);
 }
@@ -273,7 +273,7 @@ fn renewal_before_expiry_within_grace_and_after_it() {
     let b2 = Board::new();
     let at = now + Duration::from_secs(200);
     let c2 = issued(&renew(&h, "edge-1", &c1, &b1, &b2, at));
-    let nodes = h.joiner.nodes.load().expect("nodes");
+    let nodes = h.joiner.commit.snapshot().expect("nodes");
     let s = |c: &[u8]| {
         tether_link::tls::serial_of_certificate(c)
             .expect("serial")
@@ -343,7 +343,11 @@ fn a_revoked_node_cannot_renew_until_it_joins_again() {
     let t = token(&h, TokenOptions::default(), now);
     let b1 = Board::new();
     let c1 = issued(&join(&h, "edge-1", &t, &b1, now));
-    h.joiner.nodes.revoke(&n("edge-1"), now).expect("revoke");
+    h.joiner
+        .commit
+        .store()
+        .revoke(&n("edge-1"), now)
+        .expect("revoke");
     let (r, m) = refused(&renew(&h, "edge-1", &c1, &b1, &Board::new(), now));
     assert_eq!(r, Refusal::Revoked);
     assert!(m.contains("token create"), "{m}");
