@@ -62,6 +62,15 @@ pub enum Identity {
 }
 
 impl ApiClient {
+    /// Whether the link that carries the connections is up (`false` in
+    /// direct mode): a proxy offline because the link was down tries again
+    /// as soon as it is back.
+    pub fn link_up(&self) -> bool {
+        self.link
+            .as_ref()
+            .is_some_and(|l| l.with_session(|s| s.is_up()))
+    }
+
     /// A client for `cfg`; `link` carries the streams unless `cfg` is in
     /// direct mode. Fails if the credentials cannot be loaded.
     pub fn new(cfg: Apiserver, link: Option<Link>) -> Result<ApiClient, String> {

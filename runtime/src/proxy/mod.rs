@@ -322,6 +322,9 @@ impl Proxy {
     /// one back); `None` while it is reachable.
     fn probe_due(&self) -> Option<bool> {
         match self.retry_at.get() {
+            // The link that was down is back: this request finds out at
+            // once, instead of waiting for the next probe.
+            Some(_) if self.outage.get() == Outage::LinkDown && self.api.link_up() => None,
             Some(at) if Instant::now() < at => Some(false),
             Some(_) => {
                 self.retry_at.set(Some(Instant::now() + RETRY_INTERVAL));
