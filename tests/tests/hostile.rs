@@ -256,7 +256,10 @@ fn oversized_connect_is_dropped_before_its_body() {
         "a CONNECT announcing 256 MB",
         &[0x10, 0xff, 0xff, 0xff, 0x7f],
     );
-    w.hub_said("more than the limit of 2048");
+    w.hub_said(&format!(
+        "more than the limit of {}",
+        tether_link::accept::MAX_CONNECT
+    ));
     // A length field that never ends.
     expect_malformed_drop(
         &w,
