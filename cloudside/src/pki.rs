@@ -136,14 +136,39 @@ pub fn init(opts: &InitOptions) -> Result<Written, String> {
         .map_err(|e| format!("cannot sign the hub certificate: {e}"))?;
 
     let [ca_cert_path, ca_key_path, cert_path, key_path] = paths;
-    // Keys first: a certificate on disk without its key would look complete.
-    write_new(&ca_key_path, ca_key_pem.as_bytes(), 0o600)?;
-    write_new(&key_path, hub_key.serialize_pem().as_bytes(), 0o600)?;
-    write_new(&ca_cert_path, ca_cert.pem().as_bytes(), 0o644)?;
     // The chain, not the leaf alone: `tether-edge join` finds the CA it pins
     // (by its key's hash) among the certificates the hub presents.
     let chain = format!("{}{}", hub_cert.pem(), ca_cert.pem());
-    write_new(&cert_path, chain.as_bytes(), 0o644)?;
+    // All four are written whole beside their targets first, and renamed
+    // over them only then: a failure (or --force over an old CA) never
+    // leaves a file half written, and the old set stays until the new one
+    // is complete. Keys first: a certificate without its key would look
+    // complete.
+    let files = [
+        (&ca_key_path, ca_key_pem.into_bytes(), 0o600),
+        (&key_path, hub_key.serialize_pem().into_bytes(), 0o600),
+        (&ca_cert_path, ca_cert.pem().into_bytes(), 0o644),
+        (&cert_path, chain.into_bytes(), 0o644),
+    ];
+    let mut staged = Vec::with_capacity(files.len());
+    for (path, data, mode) in &files {
+        match write_new(&staging(path), data, *mode) {
+            Ok(()) => staged.push(staging(path)),
+            Err(e) => {
+                for t in &staged {
+                    let _ = fs::remove_file(t);
+                }
+                return Err(e);
+            }
+        }
+    }
+    for (path, _, _) in &files {
+        fs::rename(staging(path), path)
+            .map_err(|e| format!("{}: cannot move into place: {e}", path.display()))?;
+    }
+    if let Ok(d) = fs::File::open(&opts.dir) {
+        let _ = d.sync_all();
+    }
     let dir = fs::canonicalize(&opts.dir)
         .map_err(|e| format!("{}: cannot resolve: {e}", opts.dir.display()))?;
     Ok(Written {
@@ -316,6 +341,14 @@ fn make_private_dir(dir: &Path) -> Result<(), String> {
 /// Writes `data` to a new file `path` created with `mode` (an old file is
 /// removed first, so a key never inherits a looser mode or sits readable
 /// for a moment).
+/// Where a file of the state directory is written before it is renamed
+/// into place.
+fn staging(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".new");
+    path.with_file_name(name)
+}
+
 fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<(), String> {
     match fs::remove_file(path) {
         Ok(()) => {}
@@ -447,6 +480,17 @@ mod tests {
         assert_eq!(mode(&w.key), 0o600);
         assert_eq!(mode(&w.ca_cert), 0o644);
         assert_eq!(mode(&w.cert), 0o644);
+        let mut names: Vec<String> = fs::read_dir(&w.dir)
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [CA_KEY, CA_CERT, HUB_KEY, HUB_CERT],
+            "nothing staged is left"
+        );
         let ca_der = der(&w.ca_cert);
         let spki = spki_of_certificate(&ca_der).expect("spki");
         assert_eq!(w.ca_hash, ca_hash(spki));
