@@ -11,12 +11,12 @@
 //! from `cloudside/rbac.yaml` and `cloudside/webhook.yaml` as shipped, with
 //! the namespace put in.
 
-use crate::autonomy::webhook::base64;
 use crate::config::Egress;
 use crate::{egress, pki};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tether_link::der::base64;
 
 /// Namespace of the hub's objects unless `--namespace` says otherwise.
 pub const DEFAULT_NAMESPACE: &str = "tether-system";

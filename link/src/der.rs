@@ -48,26 +48,57 @@ pub fn read_any(buf: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     Some((tag, buf.get(head..end)?, buf.get(end..)?))
 }
 
-/// PEM text of one DER object under `label` (`CERTIFICATE`, `PRIVATE
-/// KEY`, `CERTIFICATE REQUEST`): base64 in lines of 64, as RFC 7468 asks.
-pub fn pem(label: &str, der: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut b64 = Vec::with_capacity(der.len().div_ceil(3) * 4);
-    for chunk in der.chunks(3) {
+/// The base64 alphabet of RFC 4648 §4.
+const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding (RFC 4648 §4), one line: PEM's body, and
+/// the `[]byte` fields of Kubernetes' JSON (Go's `encoding/json`).
+pub fn base64(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
         let n = chunk
             .iter()
             .enumerate()
             .fold(0u32, |acc, (i, &b)| acc | (u32::from(b) << (16 - 8 * i)));
         for i in 0..4 {
-            b64.push(if i <= chunk.len() {
-                ALPHABET[(n >> (18 - 6 * i)) as usize & 63]
+            out.push(if i <= chunk.len() {
+                char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63])
             } else {
-                b'='
+                '='
             });
         }
     }
+    out
+}
+
+/// Decodes standard base64; the padding may be left out. `None` for any
+/// character outside the alphabet (whitespace included) or a length no
+/// encoding has.
+pub fn unbase64(s: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| ALPHABET.iter().position(|&a| a == c).map(|v| v as u32);
+    let s = s.trim_end_matches('=').as_bytes();
+    if s.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    for chunk in s.chunks(4) {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= value(c)? << (18 - 6 * i);
+        }
+        for i in 0..chunk.len() - 1 {
+            out.push((n >> (16 - 8 * i)) as u8);
+        }
+    }
+    Some(out)
+}
+
+/// PEM text of one DER object under `label` (`CERTIFICATE`, `PRIVATE
+/// KEY`, `CERTIFICATE REQUEST`): base64 in lines of 64, as RFC 7468 asks.
+pub fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = base64(der);
     let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.chunks(64) {
+    for line in b64.as_bytes().chunks(64) {
         out.push_str(std::str::from_utf8(line).unwrap_or_default());
         out.push('\n');
     }
@@ -79,6 +110,30 @@ pub fn pem(label: &str, der: &[u8]) -> String {
 mod tests {
     use super::*;
     use rustls::pki_types::pem::PemObject;
+
+    #[test]
+    fn base64_matches_rfc4648_and_round_trips() {
+        for (plain, coded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), coded);
+            assert_eq!(unbase64(coded).as_deref(), Some(plain.as_bytes()));
+        }
+        for n in 0..70 {
+            let data: Vec<u8> = (0..n).map(|i| (i * 37 + 11) as u8).collect();
+            assert_eq!(unbase64(&base64(&data)).as_deref(), Some(data.as_slice()));
+        }
+        assert_eq!(unbase64("Zg"), Some(b"f".to_vec()));
+        assert_eq!(unbase64("Z"), None);
+        assert_eq!(unbase64("Zm9v\n"), None);
+        assert_eq!(unbase64("Zm=v"), None);
+    }
 
     #[test]
     fn pem_is_base64_in_lines_of_64() {

@@ -4551,7 +4551,12 @@ fn create_csr(
                 "Auto approving self kubelet client certificate after SubjectAccessReview."
             };
             let certificate = signed
-                .map(|pem| format!(",\"certificate\":\"{}\"", base64_encode(pem.as_bytes())))
+                .map(|pem| {
+                    format!(
+                        ",\"certificate\":\"{}\"",
+                        tether_link::der::base64(pem.as_bytes())
+                    )
+                })
                 .unwrap_or_default();
             stored.status = format!(
                 "{{\"conditions\":[{{\"type\":\"Approved\",\"status\":\"True\",\"reason\":\"AutoApproved\",\"message\":\"{message}\",\"lastUpdateTime\":\"{now}\",\"lastTransitionTime\":\"{now}\"}}]{certificate}}}"
@@ -4568,42 +4573,11 @@ fn create_csr(
     Ok((201, answer))
 }
 
-/// Standard base64, as Go's `encoding/json` writes `[]byte`.
-fn base64_encode(data: &[u8]) -> String {
-    tether_link::der::pem("X", data)
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .collect()
-}
-
-/// Standard base64 with padding; `None` on anything else.
+/// Standard base64 with padding, as Go's `encoding/json` reads `[]byte`:
+/// unpadded input is refused, as kube-apiserver refuses it.
 fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let digit = |c: u8| -> Option<u32> {
-        Some(u32::from(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        }))
-    };
     if !s.len().is_multiple_of(4) {
         return None;
     }
-    let trimmed = s.trim_end_matches('=');
-    let mut out = Vec::new();
-    for chunk in trimmed.as_bytes().chunks(4) {
-        if chunk.len() == 1 {
-            return None;
-        }
-        let mut n = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            n |= digit(c)? << (18 - 6 * i);
-        }
-        for i in 0..chunk.len() - 1 {
-            out.push((n >> (16 - 8 * i)) as u8);
-        }
-    }
-    Some(out)
+    tether_link::der::unbase64(s)
 }

@@ -232,23 +232,6 @@ fn relay_only_objects_without_rbac() {
     }
 }
 
-/// base64 (RFC 4648, with padding) decoded, to read `caBundle` back.
-fn unbase64(s: &str) -> Vec<u8> {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0);
-    for c in s.bytes().filter(|&c| c != b'=') {
-        let v = A.iter().position(|&a| a == c).expect("base64 character") as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    out
-}
-
 #[test]
 fn autonomy_brings_exactly_the_shipped_rbac_and_webhook() {
     let scratch = Pki::new();
@@ -296,7 +279,10 @@ fn autonomy_brings_exactly_the_shipped_rbac_and_webhook() {
     let bundle = mwc["webhooks"][0]["clientConfig"]["caBundle"]
         .as_str()
         .expect("caBundle");
-    assert_eq!(unbase64(bundle), std::fs::read(&ca).expect("ca.pem"));
+    assert_eq!(
+        tether_link::der::unbase64(bundle).expect("base64"),
+        std::fs::read(&ca).expect("ca.pem")
+    );
     let mut want = documents(&shipped("webhook.yaml")).remove(0);
     want["webhooks"][0]["clientConfig"]["caBundle"] = Value::String(bundle.to_string());
     assert_eq!(mwc, &want);

@@ -78,19 +78,8 @@ fn elements(b: &[u8], r: Range<usize>) -> Vec<Range<usize>> {
 
 /// Standard base64 with padding, decoded.
 fn decode64(s: &str) -> Vec<u8> {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     assert_eq!(s.len() % 4, 0, "base64 with padding: {s}");
-    let (mut bits, mut n, mut out) = (0u32, 0, Vec::new());
-    for c in s.bytes().filter(|&c| c != b'=') {
-        let v = A.iter().position(|&a| a == c).expect("base64 character") as u32;
-        bits = (bits << 6) | v;
-        n += 6;
-        if n >= 8 {
-            n -= 8;
-            out.push((bits >> n) as u8);
-        }
-    }
-    out
+    tether_link::der::unbase64(s).expect("base64")
 }
 
 /// Applies the JSONPatch `patch` to the pod's tolerations: the webhook

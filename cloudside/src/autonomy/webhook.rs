@@ -137,7 +137,7 @@ pub fn review(body: &[u8]) -> Result<Answer, String> {
                 let patch = Value::Array(ops);
                 let text = serde_json::to_vec(&patch).map_err(|e| e.to_string())?;
                 response.insert("patchType".into(), json!("JSONPatch"));
-                response.insert("patch".into(), json!(base64(&text)));
+                response.insert("patch".into(), json!(tether_link::der::base64(&text)));
                 answer.patch = Some(patch);
                 answer.pod = Some(pod_name(request, pod));
             }
@@ -299,30 +299,6 @@ pub fn patch(pod: &Map<String, Value>) -> Result<(Vec<Value>, Vec<String>), Stri
         }
     }
     Ok((ops, warnings))
-}
-
-/// Standard base64 with padding (RFC 4648 §4), as Go's encoding/json
-/// reads a `[]byte` field such as `patch`. Written here rather than taken
-/// from a crate: a dozen lines, on a path that runs once per pod.
-pub fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// The webhook's TLS server: `cert` and `key` (PEM), TLS 1.2 and 1.3 (ring,
@@ -581,20 +557,7 @@ mod tests {
     const FIXTURE: &str = include_str!("../../../tests/fixtures/admissionreview-pod.json");
 
     fn decode64(s: &str) -> Vec<u8> {
-        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut bits = 0u32;
-        let mut n = 0;
-        let mut out = Vec::new();
-        for c in s.bytes().filter(|&c| c != b'=') {
-            let v = A.iter().position(|&a| a == c).expect("base64 character") as u32;
-            bits = (bits << 6) | v;
-            n += 6;
-            if n >= 8 {
-                n -= 8;
-                out.push((bits >> n) as u8);
-            }
-        }
-        out
+        tether_link::der::unbase64(s).expect("base64")
     }
 
     /// Applies the JSONPatch ops this webhook writes to `doc`.
@@ -812,22 +775,6 @@ mod tests {
         ] {
             let e = review(&body).expect_err("malformed");
             assert!(e.contains(needle), "{needle:?} not in {e:?}");
-        }
-    }
-
-    #[test]
-    fn base64_matches_rfc4648() {
-        for (plain, coded) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64(plain.as_bytes()), coded);
-            assert_eq!(decode64(coded), plain.as_bytes());
         }
     }
 }

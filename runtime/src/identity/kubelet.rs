@@ -126,7 +126,8 @@ pub enum CsrState {
 
 /// The CertificateSigningRequest kubelet creates for `csr_der`, as JSON.
 pub fn csr_object(csr_der: &[u8]) -> String {
-    let request = base64(tether_link::der::pem("CERTIFICATE REQUEST", csr_der).as_bytes());
+    let request =
+        tether_link::der::base64(tether_link::der::pem("CERTIFICATE REQUEST", csr_der).as_bytes());
     let usages = USAGES.map(|u| format!("\"{u}\"")).join(",");
     format!(
         "{{\"kind\":\"CertificateSigningRequest\",\"apiVersion\":\"certificates.k8s.io/v1\",\"metadata\":{{\"generateName\":\"node-csr-\"}},\"spec\":{{\"request\":\"{request}\",\"signerName\":\"{SIGNER}\",\"usages\":[{usages}]}}}}"
@@ -196,7 +197,7 @@ pub fn parse_csr(body: &[u8]) -> Result<(String, CsrState), String> {
     let state = match (refused, certificate) {
         (Some(why), _) => CsrState::Refused(why),
         (None, Some(b64)) if !b64.is_empty() => {
-            let pem = unbase64(&b64).ok_or("status.certificate is not base64")?;
+            let pem = tether_link::der::unbase64(&b64).ok_or("status.certificate is not base64")?;
             CsrState::Issued(String::from_utf8(pem).map_err(|_| "status.certificate is not PEM")?)
         }
         _ => CsrState::Pending,
@@ -490,44 +491,6 @@ async fn read_answer(conn: &mut ApiConn, method: &str) -> Result<(u16, Vec<u8>),
     }
 }
 
-/// Standard base64 of `data`, one line.
-fn base64(data: &[u8]) -> String {
-    tether_link::der::pem("X", data)
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .collect()
-}
-
-/// Decodes standard base64 (padding optional, no whitespace: Go's
-/// `encoding/json` writes `[]byte` so).
-fn unbase64(s: &str) -> Option<Vec<u8>> {
-    let value = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let s = s.trim_end_matches('=').as_bytes();
-    if s.len() % 4 == 1 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    for chunk in s.chunks(4) {
-        let mut n = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            n |= value(c)? << (18 - 6 * i);
-        }
-        for i in 0..chunk.len() - 1 {
-            out.push((n >> (16 - 8 * i)) as u8);
-        }
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -569,7 +532,7 @@ mod tests {
         // this node, with this key.
         let start = spec.find(r#""request":""#).expect("request") + 11;
         let b64 = &spec[start..start + spec[start..].find('"').expect("end")];
-        let pem = unbase64(b64).expect("base64");
+        let pem = tether_link::der::unbase64(b64).expect("base64");
         let pem = String::from_utf8(pem).expect("text");
         assert!(pem.starts_with("-----BEGIN CERTIFICATE REQUEST-----\n"));
         assert_eq!(
@@ -597,7 +560,10 @@ mod tests {
         );
         // Signed: the PEM, decoded from base64.
         let pem = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
-        let with = approved(&format!(r#","certificate":"{}""#, base64(pem.as_bytes())));
+        let with = approved(&format!(
+            r#","certificate":"{}""#,
+            tether_link::der::base64(pem.as_bytes())
+        ));
         assert_eq!(
             parse_csr(with.as_bytes()).expect("parses").1,
             CsrState::Issued(pem.into())
@@ -639,17 +605,5 @@ mod tests {
         );
         let t = std::time::UNIX_EPOCH + Duration::from_secs(1_796_614_209);
         assert_eq!(file_name(t), "kubelet-client-2026-12-07-03-30-09.pem");
-    }
-
-    #[test]
-    fn base64_round_trips() {
-        for n in 0..70 {
-            let data: Vec<u8> = (0..n).map(|i| (i * 37 + 11) as u8).collect();
-            assert_eq!(unbase64(&base64(&data)).as_deref(), Some(data.as_slice()));
-        }
-        assert_eq!(unbase64("Zg=="), Some(b"f".to_vec()));
-        assert_eq!(unbase64("Zg"), Some(b"f".to_vec()));
-        assert_eq!(unbase64("Z"), None);
-        assert_eq!(unbase64("Zm9v\n"), None);
     }
 }
