@@ -12,7 +12,7 @@
 use super::nodes::{IssueRecord, NodeStore, Nodes};
 use super::store::StoreError;
 use std::collections::HashMap;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 /// The nodes file behind a group commit and a snapshot.
@@ -20,7 +20,7 @@ pub struct Committer {
     store: NodeStore,
     state: Mutex<State>,
     done: Condvar,
-    snapshot: Mutex<Nodes>,
+    snapshot: Mutex<Arc<Nodes>>,
 }
 
 #[derive(Default)]
@@ -39,7 +39,7 @@ impl Committer {
             store,
             state: Mutex::new(State::default()),
             done: Condvar::new(),
-            snapshot: Mutex::new(snapshot),
+            snapshot: Mutex::new(Arc::new(snapshot)),
         })
     }
 
@@ -49,11 +49,12 @@ impl Committer {
     }
 
     /// The records as of the last change, reloaded first if another process
-    /// (`tether-hub node revoke`) changed the file since.
-    pub fn snapshot(&self) -> Result<Nodes, StoreError> {
+    /// (`tether-hub node revoke`) changed the file since. Shared, not
+    /// copied: the running hub asks every second.
+    pub fn snapshot(&self) -> Result<Arc<Nodes>, StoreError> {
         let mut snap = lock(&self.snapshot);
         if self.store.changed_since(snap.stamp()) {
-            *snap = self.store.load()?;
+            *snap = Arc::new(self.store.load()?);
         }
         Ok(snap.clone())
     }
@@ -93,7 +94,7 @@ impl Committer {
                 }
             };
             if let Ok(fresh) = self.store.load() {
-                *lock(&self.snapshot) = fresh;
+                *lock(&self.snapshot) = Arc::new(fresh);
             }
             st = lock(&self.state);
             st.results.extend(tickets.into_iter().zip(results));
@@ -114,7 +115,6 @@ mod tests {
     use super::*;
     use crate::join::nodes::{CertStatus, Issue};
     use crate::join::store::test_dir::TempDir;
-    use std::sync::Arc;
     use tether_link::topic::NodeName;
 
     #[test]

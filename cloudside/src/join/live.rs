@@ -4,7 +4,7 @@
 //! any change (`tether-hub node revoke` runs as another process), and that
 //! drops the link of a node revoked while linked.
 
-use super::nodes::{CertStatus, NodeStore, Nodes};
+use super::nodes::{CertStatus, Nodes};
 use super::serve::Joiner;
 use crate::links::Hub;
 use log::{info, warn};
@@ -21,8 +21,9 @@ pub const RELOAD_EVERY: Duration = Duration::from_secs(1);
 pub struct JoinService {
     /// Decides requests (shared with the blocking pool).
     pub joiner: Arc<Joiner>,
-    store: NodeStore,
-    nodes: RefCell<Nodes>,
+    /// The records CONNECTs are checked against, refreshed from the
+    /// joiner's snapshot each [`RELOAD_EVERY`] (no file I/O per CONNECT).
+    nodes: RefCell<Arc<Nodes>>,
 }
 
 impl JoinService {
@@ -30,13 +31,9 @@ impl JoinService {
     /// stops the hub at start, with the file named.
     pub fn open(cfg: &crate::config::Join) -> Result<JoinService, String> {
         let joiner = Joiner::open(cfg)?;
-        let store = NodeStore::open(&cfg.dir);
-        let nodes = store
-            .load()
-            .map_err(|e| format!("cannot read the node records: {e}"))?;
+        let nodes = joiner.records()?;
         Ok(JoinService {
             joiner: Arc::new(joiner),
-            store,
             nodes: RefCell::new(nodes),
         })
     }
@@ -57,17 +54,14 @@ impl JoinService {
         }
     }
 
-    /// Reloads the records if the file changed; returns whether it did.
+    /// Takes the joiner's current records; returns whether they changed.
     fn reload(&self) -> bool {
-        let stamp = *self.nodes.borrow().stamp();
-        if !self.store.changed_since(&stamp) {
-            return false;
-        }
-        match self.store.load() {
-            Ok(nodes) => {
-                *self.nodes.borrow_mut() = nodes;
+        match self.joiner.records() {
+            Ok(fresh) if fresh.stamp() != self.nodes.borrow().stamp() => {
+                *self.nodes.borrow_mut() = fresh;
                 true
             }
+            Ok(_) => false,
             Err(e) => {
                 warn!("cannot reload the node records, keeping the previous ones: {e}");
                 false

@@ -54,9 +54,12 @@ impl Joiner {
         })
     }
 
-    /// The node records, where revocations are kept.
-    pub fn nodes(&self) -> &NodeStore {
-        self.commit.store()
+    /// The node records as of the last change (reloaded when another
+    /// process, such as `tether-hub node revoke`, changed them).
+    pub fn records(&self) -> Result<std::sync::Arc<super::nodes::Nodes>, String> {
+        self.commit
+            .snapshot()
+            .map_err(|e| format!("cannot read the node records: {e}"))
     }
 
     /// Decides `request` from the CONNECT of `node`.
