@@ -351,23 +351,15 @@ pub fn load_state(path: &Path, key: &str, own: &NodeName) -> Result<Option<Membe
         .map_err(|e| format!("{shown}: {e}"))
 }
 
-/// Writes `text` to `path` atomically: a temporary file next to it, synced,
-/// renamed over it, so a crash leaves the old file or the new one.
+/// Writes `text` to `path` atomically (through [`crate::identity::files`]:
+/// a temporary file next to it, synced, renamed over it), so a crash leaves
+/// the old file or the new one.
 pub fn save_state(path: &Path, text: &str) -> Result<(), String> {
-    use std::io::Write;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        format!("cannot write {}: {e}", path.display())
-    })
+    crate::identity::files::write_all(&[crate::identity::files::Planned {
+        path: path.to_path_buf(),
+        data: text.as_bytes().to_vec(),
+        mode: 0o644,
+    }])
 }
 
 /// Reads the membership from kube-apiserver with the node's credentials.
