@@ -874,6 +874,46 @@ mod tests {
     }
 
     #[test]
+    fn join() {
+        let base = "[listen]\nlink = \"127.0.0.1:7443\"\n[tls]\nplaintext = true\n[auth]\ntoken_file = \"t\"\n";
+        let c = parse(&format!("{base}[join]\n"), Path::new("/etc/tether")).expect("valid");
+        let j = c.join.expect("join");
+        assert_eq!(j.dir, PathBuf::from(crate::pki::DEFAULT_DIR));
+        assert_eq!(j.ca, PathBuf::from("/var/lib/tether-hub/ca.pem"));
+        assert_eq!(j.ca_key, PathBuf::from("/var/lib/tether-hub/ca-key.pem"));
+        assert_eq!(j.lifetime, Duration::from_secs(90 * 86_400));
+        assert_eq!(j.grace, Duration::from_secs(30 * 86_400));
+        let c = parse(
+            &format!("{base}[join]\ndir = \"state\"\nca = \"/pki/ca.pem\"\ncertificate_lifetime = \"10s\"\nrenew_grace = \"0s\"\n"),
+            Path::new("/etc/tether"),
+        )
+        .expect("valid");
+        let j = c.join.expect("join");
+        assert_eq!(j.dir, PathBuf::from("/etc/tether/state"));
+        assert_eq!(j.ca, PathBuf::from("/pki/ca.pem"));
+        assert_eq!(j.ca_key, PathBuf::from("/etc/tether/state/ca-key.pem"));
+        for (bad, key) in [
+            ("certificate_lifetime = \"9s\"", "join.certificate_lifetime"),
+            (
+                "certificate_lifetime = \"3651d\"",
+                "join.certificate_lifetime",
+            ),
+            (
+                "certificate_lifetime = \"soon\"",
+                "join.certificate_lifetime",
+            ),
+            ("renew_grace = \"3651d\"", "join.renew_grace"),
+            ("lifetime = \"1d\"", "join.lifetime"),
+        ] {
+            let e = parse(&format!("{base}[join]\n{bad}\n"), Path::new("/"))
+                .map(|_| ())
+                .expect_err(bad)
+                .to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn autonomy() {
         let base = "[listen]\nlink = \"127.0.0.1:7443\"\n[tls]\nplaintext = true\n[auth]\ntoken_file = \"t\"\n";
         let c = parse(

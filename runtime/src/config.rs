@@ -1216,6 +1216,24 @@ mod tests {
         "node = \"edge-1\"\n[hub]\naddress = \"127.0.0.1:7443\"\nplaintext = true\n";
 
     #[test]
+    fn renew_at_percent() {
+        let c = parse(MINIMAL, Path::new("/")).expect("valid");
+        assert_eq!(c.hub.renew_at_percent, DEFAULT_RENEW_AT_PERCENT);
+        for ok in [0u8, 10, 50, 95] {
+            let c = parse(
+                &format!("{MINIMAL}renew_at_percent = {ok}\n"),
+                Path::new("/"),
+            )
+            .expect("valid");
+            assert_eq!(c.hub.renew_at_percent, ok);
+        }
+        for bad in ["5", "96", "1000", "\"67%\""] {
+            let e = errors(&format!("{MINIMAL}renew_at_percent = {bad}\n"));
+            assert!(e.contains("line 5: hub.renew_at_percent"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn queue_delay_is_read_and_checked() {
         let c = parse(
             &format!("{MINIMAL}[link]\nqueue_delay = \"0s\"\n"),

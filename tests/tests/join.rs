@@ -505,3 +505,59 @@ fn an_expired_certificate_renews_within_the_grace_and_not_after_it() {
     assert!(past.hub.logs().contains("longer ago than this hub's grace"));
     assert!(!is_linked(past.admin, "edge-7"));
 }
+
+#[test]
+fn a_garbage_join_request_is_refused_as_such_and_the_hub_goes_on() {
+    use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+    let site = Site::start("90d", "30d");
+    let (token, ca_hash) = site.token(&[]);
+    let tls = PinnedCa::client_config(CaHash::parse(&ca_hash).expect("hash")).expect("tls");
+    // A CONNECT that says join, with a password that is no join request.
+    let mut connect = Vec::new();
+    tether_link::mqtt::encode(
+        &tether_link::mqtt::Packet::Connect(tether_link::mqtt::Connect {
+            protocol: tether_link::mqtt::Protocol::MQTT311,
+            keep_alive: 0,
+            client_id: "edge-8",
+            clean_session: true,
+            last_will: None,
+            username: Some(tether_link::join::USERNAME),
+            password: Some(&[0xff; 40]),
+        }),
+        &mut connect,
+    )
+    .expect("encode");
+    let answer = smol::block_on(async {
+        let tcp = smol::net::TcpStream::connect(site.link).await.expect("tcp");
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+        let mut conn = futures_rustls::TlsConnector::from(Arc::new(tls))
+            .connect(name, tcp)
+            .await
+            .expect("tls");
+        conn.write_all(&connect).await.expect("write");
+        conn.flush().await.expect("flush");
+        let mut buf = Vec::new();
+        let _ = conn.read_to_end(&mut buf).await;
+        tether_link::join::decode_answer(&buf)
+            .expect("an answer")
+            .expect("a whole answer")
+    });
+    match answer {
+        Answer::Refused { reason, message } => {
+            assert_eq!(reason, Refusal::BadRequest);
+            assert!(message.contains("malformed join request"), "{message}");
+        }
+        Answer::Issued { .. } => panic!("issued a certificate for garbage"),
+    }
+    assert!(site.hub.wait_for_log("refused a join or renewal", WAIT));
+    assert_eq!(
+        metric(site.admin, "tether_hub_joins_total{result=\"bad_request\"}"),
+        Some(1.0)
+    );
+    // Nothing recorded for it, and a real join still works.
+    let (_, list, _) = site.cli(&["node", "list"]);
+    assert!(!list.contains("edge-8"), "{list}");
+    let board = Board::new(&site, "edge-8", "");
+    let (code, out, err) = board.join(&site, "edge-8", &token, &ca_hash, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+}
